@@ -1,0 +1,634 @@
+"""``ImagingDataset``: sequences of one field of view, with a dataset folder.
+
+A dataset folder ``NAME.sima/`` holds:
+
+``dataset.json``
+    format version, channel names, shapes, and the sequences (movie files by
+    absolute path and by path relative to the folder);
+``projections.npz``
+    cached per-pixel mean / standard deviation / kurtosis over all frames;
+``seq_<hex>.npy``, ``displacements_<hex>.npy``
+    arrays that had no file of their own.
+
+Every file is written atomically (temporary file + ``os.replace``); nothing is pickled.
+Legacy SIMA folders (``dataset.pkl``) are read read-only through a restricted
+unpickler (:mod:`napari_sima.core.legacy`).
+
+Examples
+--------
+>>> import numpy as np
+>>> from napari_sima.core import ImagingDataset, Sequence
+>>> seq = Sequence.create('ndarray', np.ones((10, 1, 8, 8, 2)))
+>>> ds = ImagingDataset([seq, seq], None, channel_names=['red', 'green'])
+>>> ds
+<ImagingDataset: num_sequences=2, frame_shape=(1, 8, 8, 2), num_frames=20>
+>>> ds[0].num_sequences, ds[:, 0].num_frames, ds[:, 0].frame_shape == ds.frame_shape
+(1, 2, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import storage
+from ._indexing import normalize_axis_index
+from .channels import resolve_channel
+from .projections import Moments, MomentAccumulator
+from .sequence import DEFAULT_BLOCK_FRAMES, Sequence
+
+FORMAT_NAME = "napari-sima dataset"
+FORMAT_VERSION = 1
+DATASET_FILE = "dataset.json"
+PROJECTIONS_FILE = "projections.npz"
+LEGACY_FILE = "dataset.pkl"
+
+#: Files of ours that move with a dataset when its ``savedir`` changes.
+_OWN_PATTERNS = ("projections.npz", "seq_*.npy", "displacements_*.npy", "rois", "signals")
+
+
+def timestamp() -> str:
+    """Return the current local time in SIMA's format ``'%Y-%m-%d-%Hh%Mm%Ss'``."""
+    return time.strftime("%Y-%m-%d-%Hh%Mm%Ss")
+
+
+def _software_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("napari-sima", "numpy", "tifffile", "h5py"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _normalize_savedir(savedir: str | os.PathLike) -> Path:
+    path = Path(os.path.abspath(os.fspath(savedir)))
+    if path.suffix != ".sima":
+        path = path.with_name(path.name + ".sima")
+    return path
+
+
+def is_dataset_folder(path: str | os.PathLike) -> bool:
+    """Return True if ``path`` is a dataset folder (ours or a legacy SIMA one)."""
+    p = Path(path)
+    return p.is_dir() and ((p / DATASET_FILE).is_file() or (p / LEGACY_FILE).is_file())
+
+
+class ImagingDataset:
+    """Imaging sequences of one field of view, with their analysis results.
+
+    Parameters
+    ----------
+    sequences : list of Sequence
+        The sequences (trials, sessions); all must share their frame shape
+        ``(planes, rows, columns, channels)``.
+    savedir : path-like or None
+        Dataset folder (``'.sima'`` is appended when missing); it is created and the
+        dataset saved at once.  ``None`` keeps the dataset in memory only.
+    channel_names : list of str, optional
+        One name per channel (default ``['0', '1', ...]``).
+    read_only : bool
+        Refuse to write to the folder.
+
+    Raises
+    ------
+    TypeError
+        If ``sequences`` is not a list of :class:`Sequence`.
+    ValueError
+        If the sequences' frame shapes differ, or the channel names do not fit.
+    FileExistsError
+        If ``savedir`` already holds a dataset (use :meth:`load`).
+    """
+
+    def __init__(
+        self,
+        sequences: list[Sequence] | None,
+        savedir: str | os.PathLike | None,
+        channel_names: list[str] | None = None,
+        read_only: bool = False,
+    ) -> None:
+        self._savedir: Path | None = None
+        self._read_only = bool(read_only)
+        self._moments: Moments | None = None
+        self._meta: dict[str, Any] = {}
+        self._sequences: list[Sequence] | None = None
+        self._stored_sequences: list[dict] | None = None
+        if sequences is None:  # the load path, see ImagingDataset.load
+            return
+        if isinstance(sequences, Sequence) or not isinstance(sequences, (list, tuple)):
+            raise TypeError(
+                f"sequences must be a list of Sequence objects, got {type(sequences).__name__}"
+            )
+        if not sequences:
+            raise ValueError("an ImagingDataset needs at least one sequence")
+        for i, s in enumerate(sequences):
+            if not isinstance(s, Sequence):
+                raise TypeError(f"sequences[{i}] is a {type(s).__name__}, not a Sequence")
+        shapes = {s.frame_shape for s in sequences}
+        if len(shapes) > 1:
+            raise ValueError(
+                "all sequences of a dataset must share their frame shape (z, y, x, c); got "
+                + ", ".join(str(s.frame_shape) for s in sequences)
+            )
+        self._sequences = list(sequences)
+        self._channel_names = self._check_channel_names(channel_names, self.frame_shape[3])
+        if savedir is not None:
+            target = _normalize_savedir(savedir)
+            if is_dataset_folder(target):
+                raise FileExistsError(
+                    f"{str(target)!r} already holds a dataset; open it with "
+                    f"ImagingDataset.load({str(target)!r}) or choose another folder"
+                )
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise FileExistsError(
+                    f"{str(target)!r} exists and is not an empty folder; choose another name"
+                )
+            if self._read_only:
+                raise PermissionError("a new dataset with a savedir cannot be read-only")
+            target.mkdir(parents=True, exist_ok=True)
+            self._savedir = target
+            self.save()
+
+    # -- loading and saving -----------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ImagingDataset:
+        """Open a dataset folder.
+
+        Parameters
+        ----------
+        path : path-like
+            The ``.sima`` folder (ours, or a legacy SIMA folder, which opens read-only).
+
+        Returns
+        -------
+        ImagingDataset
+
+        Raises
+        ------
+        FileNotFoundError
+            If the folder or its ``dataset.json`` does not exist.
+        ValueError
+            If ``dataset.json`` is broken or of an unknown format version; or a
+            legacy pickle names a class outside the allow-list.
+        """
+        folder = Path(os.path.abspath(os.fspath(path)))
+        if not folder.exists():
+            raise FileNotFoundError(f"no dataset folder at {str(folder)!r}")
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{str(folder)!r} is a file; a dataset is a .sima folder")
+        if not (folder / DATASET_FILE).exists():
+            if (folder / LEGACY_FILE).exists():
+                from .legacy import load_legacy_dataset
+
+                return load_legacy_dataset(folder)
+            raise FileNotFoundError(
+                f"{str(folder)!r} is not a dataset folder: it has no {DATASET_FILE} "
+                f"(nor a legacy {LEGACY_FILE})"
+            )
+        meta = storage.read_json(folder / DATASET_FILE, "dataset description")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            raise ValueError(f"{str(folder / DATASET_FILE)!r} is not a napari-sima dataset file")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(
+                f"{str(folder / DATASET_FILE)!r} has format version {version!r}; this "
+                f"napari-sima reads versions up to {FORMAT_VERSION} (upgrade napari-sima)"
+            )
+        for key in ("sequences", "channel_names", "frame_shape", "num_frames"):
+            if key not in meta:
+                raise ValueError(f"{str(folder / DATASET_FILE)!r} lacks the field {key!r}")
+        ds = cls(None, None)
+        ds._savedir = folder
+        ds._meta = meta
+        ds._stored_sequences = list(meta["sequences"])
+        ds._channel_names = [str(n) for n in meta["channel_names"]]
+        ds._read_only = not os.access(folder, os.W_OK)
+        return ds
+
+    @staticmethod
+    def _check_channel_names(names: list[str] | None, num_channels: int) -> list[str]:
+        if names is None:
+            return [str(i) for i in range(num_channels)]
+        if isinstance(names, str) or not hasattr(names, "__len__"):
+            raise ValueError(f"channel_names must be a list of strings, got {names!r}")
+        names = [str(n) for n in names]
+        if len(names) != num_channels:
+            raise ValueError(
+                f"{len(names)} channel names {names} given for {num_channels} channel(s)"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"channel names must be unique, got {names}")
+        return names
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise PermissionError(
+                f"the dataset {str(self._savedir)!r} is read-only (a legacy SIMA folder or a "
+                f"folder without write permission); save it elsewhere with "
+                f"save(savedir='new.sima')"
+            )
+
+    def save(self, savedir: str | os.PathLike | None = None) -> None:
+        """Write the dataset description to its folder (atomically).
+
+        Parameters
+        ----------
+        savedir : path-like, optional
+            Save to this new folder instead (our files are copied there, and the
+            dataset then lives there, no longer read-only).
+
+        Raises
+        ------
+        ValueError
+            If the dataset has no folder and none is given.
+        PermissionError
+            If the dataset is read-only and no new folder is given.
+        """
+        if savedir is not None:
+            self.savedir = savedir  # the setter saves
+            return
+        if self._savedir is None:
+            raise ValueError("this dataset has no folder; give save(savedir='name.sima')")
+        self._check_writable()
+        sequences = [s.to_dict(self._savedir) for s in self.sequences]
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "channel_names": list(self._channel_names),
+            "num_sequences": len(sequences),
+            "num_frames": self.num_frames,
+            "frame_shape": list(self.frame_shape),
+            "sequences": sequences,
+            "saved": timestamp(),
+            "software": _software_versions(),
+        }
+        storage.atomic_write_json(self._savedir / DATASET_FILE, meta)
+        self._meta = meta
+        self._stored_sequences = sequences
+
+    @property
+    def savedir(self) -> str | None:
+        """The dataset folder (absolute path), or None for an in-memory dataset."""
+        return None if self._savedir is None else str(self._savedir)
+
+    @savedir.setter
+    def savedir(self, value: str | os.PathLike | None) -> None:
+        if value is None:
+            self._savedir = None
+            return
+        target = _normalize_savedir(value)
+        if self._savedir is not None and target == self._savedir:
+            self.save()
+            return
+        if is_dataset_folder(target):
+            raise FileExistsError(f"{str(target)!r} already holds a dataset")
+        sequences = self.sequences  # make sure the movies are reachable first
+        target.mkdir(parents=True, exist_ok=True)
+        old = self._savedir
+        if old is not None:
+            for pattern in _OWN_PATTERNS:
+                for src in old.glob(pattern):
+                    dst = target / src.name
+                    if src.is_dir():
+                        shutil.copytree(src, dst, dirs_exist_ok=True)
+                    else:
+                        shutil.copy2(src, dst)
+        self._savedir = target
+        self._read_only = False
+        self._sequences = sequences
+        self.save()
+
+    @property
+    def read_only(self) -> bool:
+        """Whether writing to the dataset folder is refused."""
+        return self._read_only
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def sequences(self) -> list[Sequence]:
+        """The sequences (opened on first access for a loaded dataset)."""
+        if self._sequences is None:
+            if self._stored_sequences is None:
+                raise ValueError("this dataset has no sequences")
+            self._sequences = [
+                Sequence.from_dict(d, self._savedir) for d in self._stored_sequences
+            ]
+            shapes = {s.frame_shape for s in self._sequences}
+            stored = tuple(self._meta.get("frame_shape", ()))
+            if len(shapes) > 1 or (stored and shapes != {stored}):
+                raise ValueError(
+                    f"the movies of {self.savedir!r} no longer match the stored frame shape "
+                    f"{stored}: found {sorted(shapes)}"
+                )
+        return self._sequences
+
+    @sequences.setter
+    def sequences(self, value: list[Sequence]) -> None:
+        shapes = {s.frame_shape for s in value}
+        if len(shapes) != 1:
+            raise ValueError(f"sequences must share one frame shape, got {sorted(shapes)}")
+        self._sequences = list(value)
+        self._moments = None
+        self._channel_names = self._check_channel_names(
+            self._channel_names if len(self._channel_names) == self.frame_shape[3] else None,
+            self.frame_shape[3],
+        )
+
+    @property
+    def num_sequences(self) -> int:
+        """Number of sequences."""
+        if self._sequences is None and self._stored_sequences is not None:
+            return len(self._stored_sequences)
+        return len(self.sequences)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int, int]:
+        """``(planes, rows, columns, channels)``."""
+        if self._sequences is None and "frame_shape" in self._meta:
+            return tuple(int(v) for v in self._meta["frame_shape"])  # type: ignore[return-value]
+        return self.sequences[0].frame_shape
+
+    @property
+    def num_frames(self) -> int:
+        """Total number of frames over all sequences."""
+        if self._sequences is None and "num_frames" in self._meta:
+            return int(self._meta["num_frames"])
+        return int(sum(len(s) for s in self.sequences))
+
+    @property
+    def channel_names(self) -> list[str]:
+        """Channel names (``['0', '1', ...]`` unless named)."""
+        return list(self._channel_names)
+
+    @channel_names.setter
+    def channel_names(self, names: list[str]) -> None:
+        self._channel_names = self._check_channel_names(names, self.frame_shape[3])
+        if self._savedir is not None and not self._read_only:
+            self.save()
+
+    def resolve_channel(self, channel: int | str) -> int:
+        """Return the index of a channel given by index or name (see :func:`resolve_channel`)."""
+        return resolve_channel(channel, self._channel_names)
+
+    def __iter__(self) -> Iterator[Sequence]:
+        return iter(self.sequences)
+
+    def __len__(self) -> int:
+        return self.num_sequences
+
+    def __getitem__(self, indices: Any) -> ImagingDataset:
+        if isinstance(indices, tuple):
+            seq_index, rest = indices[0], indices[1:]
+        else:
+            seq_index, rest = indices, ()
+        if isinstance(seq_index, (int, np.integer)) and not isinstance(seq_index, bool):
+            n = self.num_sequences
+            if not -n <= int(seq_index) < n:
+                raise IndexError(f"sequence index {int(seq_index)} out of range for {n} sequences")
+            chosen = [self.sequences[int(seq_index)]]
+        elif isinstance(seq_index, slice):
+            chosen = self.sequences[seq_index]
+        else:
+            try:
+                chosen = [self.sequences[int(i)] for i in seq_index]  # type: ignore[union-attr]
+            except TypeError:
+                raise TypeError(
+                    f"datasets are indexed by sequence (int, slice or list of ints), got "
+                    f"{type(seq_index).__name__}"
+                ) from None
+        if not chosen:
+            raise IndexError("the selection holds no sequence")
+        names = self._channel_names
+        if rest:
+            chosen = [s[rest] for s in chosen]
+            if len(rest) >= 5:
+                c_index = rest[4]
+                sel = normalize_axis_index(c_index, len(names), "c", "dataset")
+                names = [names[i] for i in sel]
+        return ImagingDataset(list(chosen), None, channel_names=list(names))
+
+    def __repr__(self) -> str:
+        return (
+            f"<ImagingDataset: num_sequences={self.num_sequences}, "
+            f"frame_shape={self.frame_shape}, num_frames={self.num_frames}>"
+        )
+
+    def __str__(self) -> str:
+        return "<ImagingDataset>"
+
+    def close(self) -> None:
+        """Close the movie files (they reopen on the next read)."""
+        if self._sequences is not None:
+            for s in self._sequences:
+                s.close()
+
+    # -- projections ------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        parts = []
+        for s in self.sequences:
+            files = []
+            for f in s.files:
+                try:
+                    files.append([os.path.basename(f), os.path.getsize(f)])
+                except OSError:
+                    files.append([os.path.basename(f), None])
+            parts.append({"shape": list(s.shape), "dtype": str(s.dtype), "files": files})
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def _load_cached_moments(self) -> Moments | None:
+        if self._savedir is None:
+            return None
+        path = self._savedir / PROJECTIONS_FILE
+        if not path.exists():
+            return None
+        try:
+            arrays = storage.load_npz(path, "projection cache")
+            if str(arrays["fingerprint"]) != self._fingerprint():
+                return None
+            moments = Moments(
+                arrays["mean"], arrays["std"], arrays["kurtosis"], arrays["count"]
+            )
+        except (ValueError, KeyError, OSError):
+            return None  # a stale or broken cache is recomputed
+        if moments.mean.shape != tuple(self.frame_shape):
+            return None
+        return moments
+
+    def iter_projections(
+        self, block_frames: int = DEFAULT_BLOCK_FRAMES, backend: str = "numba"
+    ) -> Generator[tuple[int, int], None, Moments]:
+        """Compute mean, std and kurtosis in one streaming pass, as a generator.
+
+        Parameters
+        ----------
+        block_frames : int
+            Frames read per step.
+        backend : {'numba', 'numpy'}
+            Kernel used for the accumulation (same numbers either way).
+
+        Yields
+        ------
+        (frames_done, total_frames)
+            Progress after each block; closing the generator cancels the work.
+
+        Returns
+        -------
+        Moments
+            As the generator's return value; also cached in memory and in the
+            dataset folder (``projections.npz``) unless read-only.
+        """
+        cached = self._moments or self._load_cached_moments()
+        total = self.num_frames
+        if cached is not None:
+            self._moments = cached
+            yield total, total
+            return cached
+        acc = MomentAccumulator(self.frame_shape, backend=backend)
+        done = 0
+        yield done, total
+        for seq in self.sequences:
+            for block in seq.iter_blocks(block_frames):
+                acc.update(block)
+                done += block.shape[0]
+                yield done, total
+        moments = acc.result()
+        self._moments = moments
+        if self._savedir is not None and not self._read_only:
+            storage.atomic_save_npz(
+                self._savedir / PROJECTIONS_FILE,
+                compress=False,
+                mean=moments.mean,
+                std=moments.std,
+                kurtosis=moments.kurtosis,
+                count=moments.count,
+                fingerprint=np.asarray(self._fingerprint()),
+            )
+        return moments
+
+    def compute_projections(self, backend: str = "numba") -> Moments:
+        """Compute (or fetch from the cache) mean, std and kurtosis over all frames.
+
+        Returns
+        -------
+        Moments
+            ``(mean, std, kurtosis, count)``, each ``(z, y, x, c)``.
+        """
+        gen = self.iter_projections(backend=backend)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    @property
+    def time_averages(self) -> np.ndarray:
+        """Per-pixel mean over all frames of all sequences, NaN ignored; ``(z, y, x, c)``."""
+        return self.compute_projections().mean
+
+    @property
+    def time_std(self) -> np.ndarray:
+        """Per-pixel population standard deviation over all frames; ``(z, y, x, c)``."""
+        return self.compute_projections().std
+
+    @property
+    def time_kurtosis(self) -> np.ndarray:
+        """Per-pixel excess (Fisher) kurtosis, population estimator; ``(z, y, x, c)``."""
+        return self.compute_projections().kurtosis
+
+    # -- ROI sets (storage hook; the ROI model comes with the ROI issue) ----------------------
+    @property
+    def ROIs(self) -> dict[str, Any]:  # noqa: N802 - SIMA's name
+        """ROI sets stored with the dataset, ``{label: ROIList}`` (empty when none)."""
+        if self._savedir is None:
+            return {}
+        try:
+            from .roi_store import load_roi_sets  # provided by the ROI model
+        except ImportError:
+            return {}
+        return load_roi_sets(self._savedir)
+
+    # -- exports ------------------------------------------------------------------------------
+    def export_averages(
+        self,
+        filenames: Any,
+        fmt: str = "TIFF16",
+        scale_values: bool = True,
+        projection_type: str = "average",
+    ) -> None:
+        """Write the time projection of every channel to TIFF or HDF5.
+
+        Parameters
+        ----------
+        filenames : str or list of str
+            One file per channel for TIFF formats; one file for ``'HDF5'``.
+        fmt : {'TIFF8', 'TIFF16', 'HDF5'}
+            Output format.
+        scale_values : bool
+            Scale each channel to the full range of the output type.
+        projection_type : {'average', 'std', 'kurtosis'}
+            Which projection to write.
+
+        See Also
+        --------
+        napari_sima.core.export.export_averages
+        """
+        from .export import export_averages
+
+        export_averages(
+            self, filenames, fmt=fmt, scale_values=scale_values, projection_type=projection_type
+        )
+
+    def export_frames(
+        self,
+        filenames: Any,
+        fmt: str = "TIFF16",
+        fill_gaps: bool = True,
+        scale_values: bool = False,
+        compression: str | None = None,
+        interlace: bool = False,
+    ) -> None:
+        """Write every sequence's frames to TIFF or HDF5 files.
+
+        Parameters
+        ----------
+        filenames : nested list of str
+            ``[sequence][plane][channel]`` for TIFF, ``[sequence][channel]`` for
+            interlaced TIFF, ``[sequence]`` for HDF5.
+        fmt : {'TIFF8', 'TIFF16', 'HDF5'}
+            Output format.
+        fill_gaps : bool
+            Replace unobserved (NaN) pixels by the nearest earlier (else later)
+            observation.
+        scale_values : bool
+            Scale each channel to the output type's range.
+        compression : str, optional
+            HDF5 compression (``'gzip'``, ``'lzf'``).
+        interlace : bool
+            TIFF only: one file per channel with planes interleaved.
+
+        See Also
+        --------
+        napari_sima.core.export.export_frames
+        """
+        from .export import export_frames
+
+        export_frames(
+            self,
+            filenames,
+            fmt=fmt,
+            fill_gaps=fill_gaps,
+            scale_values=scale_values,
+            compression=compression,
+            interlace=interlace,
+        )
