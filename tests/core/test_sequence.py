@@ -487,3 +487,22 @@ def test_no_warnings_on_plain_reads(tmp_path, movie):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Sequence.create("TIFF", path, 2, 3).read()
+
+
+def test_tiffs_list_of_one_file_is_one_frame(tmp_path):
+    """A list (or glob) means one file per frame, pages as channels; a bare path, a movie."""
+    data = np.arange(2 * 4 * 5, dtype=np.uint16).reshape(2, 4, 5)
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, data, photometric="minisblack")
+    as_list = Sequence.create("TIFFs", [[[str(path)]]])
+    assert as_list.shape == (1, 1, 4, 5, 2)
+    np.testing.assert_array_equal(as_list.read()[0, 0], data.transpose(1, 2, 0))
+    as_movie = Sequence.create("TIFFs", [[str(path)]])
+    assert as_movie.shape == (2, 1, 4, 5, 1)
+    for seq in (as_list, as_movie):
+        from napari_sima.core import ImagingDataset
+
+        ds = ImagingDataset([seq], tmp_path / f"d{seq.shape[0]}.sima")
+        again = ImagingDataset.load(ds.savedir).sequences[0]
+        assert again.shape == seq.shape
+        np.testing.assert_array_equal(again.read(), seq.read())

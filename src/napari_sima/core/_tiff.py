@@ -14,11 +14,13 @@ Reading strategy (fastest first):
 
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 import logging
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,25 @@ _GENERIC_AXES = set("IQ")
 _AXIS_MAP = {"T": "t", "Z": "z", "C": "c"}
 
 
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's warnings about odd metadata (we fall back to plain pages)."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # it reports bad ImageJ metadata with .error()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _open_tiff(path: str):
     """Open a TIFF file with clear errors; tifffile's metadata warnings are silenced."""
+    with _quiet_tifffile():
+        return _open_tiff_loud(path)
+
+
+def _open_tiff_loud(path: str):
     import tifffile
 
     if not os.path.exists(path):
@@ -77,13 +96,10 @@ class TiffPages:
         self._tif = None
         self._offsets: np.ndarray | None = None  # per-page byte offsets (pread paths)
         tif = _open_tiff(self.path)
-        logger = logging.getLogger("tifffile")
-        level = logger.level
-        logger.setLevel(logging.ERROR)  # e.g. "ImageJ series metadata invalid": we fall back
         try:
-            self._inspect(tif)
+            with _quiet_tifffile():
+                self._inspect(tif)
         finally:
-            logger.setLevel(level)
             tif.close()
 
     # -- inspection ------------------------------------------------------------------
@@ -174,8 +190,11 @@ class TiffPages:
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
-            if self._fd is not None and self._pid == os.getpid():
-                os.close(self._fd)
+            if self._pid == os.getpid():
+                if self._fd is not None:
+                    os.close(self._fd)
+                if self._tif is not None:
+                    self._tif.close()
         except Exception:  # noqa: BLE001
             pass
 
@@ -245,7 +264,8 @@ class TiffPages:
             return out
         try:
             if self._series_index is not None:
-                data = tif.asarray(key=pages.tolist(), series=self._series_index)
+                with _quiet_tifffile():
+                    data = tif.asarray(key=pages.tolist(), series=self._series_index)
             else:
                 data = np.stack([tif.pages[int(i)].asarray() for i in pages])
         except Exception as err:  # noqa: BLE001 - tifffile raises many kinds
@@ -422,16 +442,22 @@ class _TIFFSequence(Sequence):
 # ---------------------------------------------------------------------------------------
 # 'TIFFs': a [plane][channel] grid of files
 # ---------------------------------------------------------------------------------------
-def _expand_entry(entry: Any, where: str) -> list[str]:
+def _expand_entry(entry: Any, where: str) -> tuple[list[str], bool]:
+    """Return ``(files, one_file_per_frame)`` for one ``[plane][channel]`` entry.
+
+    A single path names one multi-page movie (its pages are the frames); a glob
+    pattern or a list names one file per frame (sorted for a glob), whose pages are
+    channels, as in SIMA.
+    """
     if isinstance(entry, (str, os.PathLike)):
         text = os.fspath(entry)
         if os.path.exists(text):
-            return [os.path.abspath(text)]
+            return [os.path.abspath(text)], False
         if _glob.has_magic(text):
             files = sorted(_glob.glob(text))
             if not files:
                 raise FileNotFoundError(f"no files match the pattern {text!r} ({where})")
-            return [os.path.abspath(f) for f in files]
+            return [os.path.abspath(f) for f in files], True
         raise FileNotFoundError(f"no such TIFF file: {text!r} ({where})")
     if isinstance(entry, (list, tuple, np.ndarray)):
         files = [os.fspath(f) for f in entry]
@@ -440,7 +466,7 @@ def _expand_entry(entry: Any, where: str) -> list[str]:
         for f in files:
             if not os.path.exists(f):
                 raise FileNotFoundError(f"no such TIFF file: {f!r} ({where})")
-        return [os.path.abspath(f) for f in files]
+        return [os.path.abspath(f) for f in files], True
     raise ValueError(
         f"each entry of a 'TIFFs' grid is a path, a glob pattern or a list of files; "
         f"got {type(entry).__name__} ({where})"
@@ -450,7 +476,7 @@ def _expand_entry(entry: Any, where: str) -> list[str]:
 class _Entry:
     """One ``[plane][channel]`` entry: a multi-page file or one file per frame."""
 
-    def __init__(self, files: list[str], where: str) -> None:
+    def __init__(self, files: list[str], where: str, one_file_per_frame: bool) -> None:
         self.files = files
         self.where = where
         first = TiffPages(files[0])
@@ -462,7 +488,7 @@ class _Entry:
             )
         self.page_shape = tuple(first.page_shape)
         self.dtype = first.dtype
-        if len(files) == 1:
+        if not one_file_per_frame:
             self.per_frame_files = False
             self.pages = first
             self.num_frames = first.num_pages
@@ -544,7 +570,8 @@ class _TIFFsSequence(Sequence):
                 entries = []
                 for c, entry in enumerate(row):
                     where = f"plane {p}, channel {c}"
-                    entries.append(_Entry(_expand_entry(entry, where), where))
+                    files, per_frame = _expand_entry(entry, where)
+                    entries.append(_Entry(files, where, per_frame))
                 self._entries.append(entries)
             self._check()
         except Exception:
@@ -612,14 +639,25 @@ class _TIFFsSequence(Sequence):
 
     def to_dict(self, savedir: str | os.PathLike | None = None) -> dict[str, Any]:
         grid = [
-            [[path_to_dict(f, savedir) for f in e.files] for e in row] for row in self._entries
+            [
+                {
+                    "files": [path_to_dict(f, savedir) for f in e.files],
+                    "one_file_per_frame": e.per_frame_files,
+                }
+                for e in row
+            ]
+            for row in self._entries
         ]
-        return {"kind": self.kind, "files": grid}
+        return {"kind": self.kind, "grid": grid}
 
     @classmethod
     def _from_dict(cls, data: dict[str, Any], savedir: Path | None) -> Sequence:
-        grid = [
-            [[resolve_stored_path(f, savedir, "TIFF file") for f in entry] for entry in row]
-            for row in data["files"]
-        ]
+        grid = []
+        for row in data["grid"]:
+            entries = []
+            for entry in row:
+                files = [resolve_stored_path(f, savedir, "TIFF file") for f in entry["files"]]
+                # a list always means one file per frame; a single path, a multi-page movie
+                entries.append(files if entry["one_file_per_frame"] else files[0])
+            grid.append(entries)
         return cls(grid)
