@@ -43,13 +43,15 @@ from . import storage
 from ._indexing import normalize_axis_index
 from .channels import resolve_channel
 from .projections import Moments, MomentAccumulator
-from .sequence import DEFAULT_BLOCK_FRAMES, Sequence
+from .sequence import Sequence
 
 FORMAT_NAME = "napari-sima dataset"
 FORMAT_VERSION = 1
 DATASET_FILE = "dataset.json"
 PROJECTIONS_FILE = "projections.npz"
 LEGACY_FILE = "dataset.pkl"
+#: Bytes of movie read per step of the projection pass.
+PROJECTION_BLOCK_BYTES = 64 * 2**20
 
 #: Files of ours that move with a dataset when its ``savedir`` changes.
 _OWN_PATTERNS = ("projections.npz", "seq_*.npy", "displacements_*.npy", "rois", "signals")
@@ -466,14 +468,16 @@ class ImagingDataset:
         return moments
 
     def iter_projections(
-        self, block_frames: int = DEFAULT_BLOCK_FRAMES, backend: str = "numba"
+        self, block_frames: int | None = None, backend: str = "numba"
     ) -> Generator[tuple[int, int], None, Moments]:
         """Compute mean, std and kurtosis in one streaming pass, as a generator.
 
         Parameters
         ----------
-        block_frames : int
-            Frames read per step.
+        block_frames : int, optional
+            Frames read per step; by default about 64 MB of frames (128 frames of
+            512 x 512 uint16), which measured fastest here (larger blocks leave the
+            cache, smaller ones pay more per-call overhead).
         backend : {'numba', 'numpy'}
             Kernel used for the accumulation (same numbers either way).
 
@@ -495,6 +499,9 @@ class ImagingDataset:
             yield total, total
             return cached
         acc = MomentAccumulator(self.frame_shape, backend=backend)
+        if block_frames is None:
+            frame_bytes = int(np.prod(self.frame_shape)) * self.sequences[0].dtype.itemsize
+            block_frames = max(1, min(1024, PROJECTION_BLOCK_BYTES // max(1, frame_bytes)))
         done = 0
         yield done, total
         for seq in self.sequences:
