@@ -104,6 +104,8 @@ def _hdf5_choose(
     import h5py
     import numpy as np
 
+    from .core._hdf5 import dimension_labels
+
     notices: list[str] = []
     opts = MovieOptions(**options.to_dict())
     try:
@@ -137,7 +139,7 @@ def _hdf5_choose(
             if opts.key is not None
             else next(v for v in group.values() if isinstance(v, h5py.Dataset))
         )
-        if opts.dim_order is None and _dimension_labels(ds) is None:
+        if opts.dim_order is None and dimension_labels(ds) is None:
             guess = HDF5_DEFAULT_DIM_ORDERS.get(ds.ndim)
             if guess is None:
                 raise ValueError(
@@ -158,17 +160,6 @@ def _hdf5_choose(
                 v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(raw).tolist()
             ]
     return opts, notices, names
-
-
-def _dimension_labels(dataset: Any) -> str | None:
-    """Return the dim order named by an HDF5 dataset's dimension labels, or None."""
-    try:
-        labels = [str(d.label).lower() for d in dataset.dims]
-    except Exception:  # noqa: BLE001 - h5py raises various errors for odd files
-        return None
-    if all(len(lbl) == 1 and lbl in "tzyxc" for lbl in labels) and len(set(labels)) == len(labels):
-        return "".join(labels)
-    return None
 
 
 def open_source(path: str | os.PathLike, options: MovieOptions | None = None) -> OpenedSource:

@@ -11,18 +11,13 @@ import numpy as np
 
 from ._dimorder import check_dim_order, read_mapped, shape_5d
 from ._indexing import Region, TimeIndex
-from .sequence import Sequence, _register, path_to_dict, resolve_stored_path
+from .sequence import Sequence, _register, check_movie_file, path_to_dict, resolve_stored_path
 
 
 def _open_h5(path: str):
     import h5py
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such HDF5 file: {path!r}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path!r} is a folder, expected an HDF5 file")
-    if os.path.getsize(path) == 0:
-        raise OSError(f"{path!r} is empty (0 bytes), not an HDF5 file")
+    check_movie_file(path, "HDF5")
     try:
         return h5py.File(path, "r")
     except OSError as err:

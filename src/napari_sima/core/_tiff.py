@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _indexing as ix
 from ._indexing import Region, TimeIndex
-from .sequence import Sequence, _register, path_to_dict, resolve_stored_path
+from .sequence import Sequence, _register, check_movie_file, path_to_dict, resolve_stored_path
 
 #: tifffile axis letters that mean "a sequence of images of unknown meaning".
 _GENERIC_AXES = set("IQ")
@@ -56,12 +56,7 @@ def _open_tiff(path: str):
 def _open_tiff_loud(path: str):
     import tifffile
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such TIFF file: {path!r}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path!r} is a folder, expected a TIFF file")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path!r} is empty (0 bytes), not a TIFF file")
+    check_movie_file(path, "TIFF")
     try:
         return tifffile.TiffFile(path)
     except tifffile.TiffFileError as err:

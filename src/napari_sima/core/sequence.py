@@ -22,7 +22,6 @@ Examples
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -403,6 +402,28 @@ def path_to_dict(path: str | os.PathLike, savedir: str | os.PathLike | None) -> 
     return out
 
 
+def check_movie_file(path: str, kind: str) -> None:
+    """Raise a clear error unless ``path`` is a non-empty regular file.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    kind : str
+        What the file should be (``'TIFF'``, ``'HDF5'``), for the messages.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, ValueError
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such {kind} file: {path!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a folder, expected a {kind} file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path!r} is empty (0 bytes), not a {kind} file")
+
+
 def resolve_stored_path(data: dict[str, Any], savedir: Path | None, what: str = "movie") -> str:
     """Find a stored file: first relative to the dataset folder, then at its absolute path.
 
@@ -524,8 +545,26 @@ class _NdarraySequence(Sequence):
 # ---------------------------------------------------------------------------------------
 # Views
 # ---------------------------------------------------------------------------------------
+class _DerivedSequence(Sequence):
+    """A sequence computed from one base sequence (files and handles are the base's)."""
+
+    _base: Sequence
+
+    @property
+    def base(self) -> Sequence:
+        """The sequence this one reads from."""
+        return self._base
+
+    @property
+    def files(self) -> list[str]:
+        return self._base.files
+
+    def close(self) -> None:
+        self._base.close()
+
+
 @_register
-class _IndexedSequence(Sequence):
+class _IndexedSequence(_DerivedSequence):
     """A lazy view selecting frames and a sub-region of another sequence."""
 
     kind = "indexed"
@@ -553,24 +592,12 @@ class _IndexedSequence(Sequence):
         self._region: Region = region  # type: ignore[assignment]
 
     @property
-    def base(self) -> Sequence:
-        """The sequence this view reads from."""
-        return self._base
-
-    @property
     def shape(self) -> tuple[int, int, int, int, int]:
         return (len(self._times),) + ix.region_shape(self._region)  # type: ignore[return-value]
 
     @property
     def dtype(self) -> np.dtype:
         return self._base.dtype
-
-    @property
-    def files(self) -> list[str]:
-        return self._base.files
-
-    def close(self) -> None:
-        self._base.close()
 
     def _read(self, times: TimeIndex, region: Region) -> np.ndarray:
         return self._base._read(
@@ -686,7 +713,7 @@ def _as_index_list(value: Any, size: int, what: str) -> np.ndarray:
 
 
 @_register
-class _MaskedSequence(Sequence):
+class _MaskedSequence(_DerivedSequence):
     """A view in which selected values are NaN (``Sequence.mask``)."""
 
     kind = "masked"
@@ -732,13 +759,6 @@ class _MaskedSequence(Sequence):
     def dtype(self) -> np.dtype:
         return np.result_type(self._base.dtype, np.float32)
 
-    @property
-    def files(self) -> list[str]:
-        return self._base.files
-
-    def close(self) -> None:
-        self._base.close()
-
     def _read(self, times: TimeIndex, region: Region) -> np.ndarray:
         data = self._base._read(times, region).astype(self.dtype, copy=False)
         if not data.flags.writeable:
@@ -783,7 +803,7 @@ class _MaskedSequence(Sequence):
 
 
 @_register
-class _MotionCorrectedSequence(Sequence):
+class _MotionCorrectedSequence(_DerivedSequence):
     """Frames placed at non-negative integer offsets (``Sequence.apply_displacements``).
 
     Pixels written several times are averaged; pixels never written are NaN.
@@ -837,13 +857,6 @@ class _MotionCorrectedSequence(Sequence):
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(np.float64)
-
-    @property
-    def files(self) -> list[str]:
-        return self._base.files
-
-    def close(self) -> None:
-        self._base.close()
 
     def _place(self, frame: np.ndarray, disp: np.ndarray) -> np.ndarray:
         Zo, Yo, Xo = self._extent
@@ -920,7 +933,3 @@ class _MotionCorrectedSequence(Sequence):
         name = os.path.basename(str(data["displacements_file"]))
         disp = np.load(os.path.join(savedir, name), allow_pickle=False)
         return cls(base, disp, tuple(data["extent"]))
-
-
-def _warn_experimental(what: str) -> None:
-    warnings.warn(f"{what} is experimental", FutureWarning, stacklevel=3)
