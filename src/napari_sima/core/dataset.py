@@ -43,6 +43,8 @@ from . import storage
 from ._indexing import normalize_axis_index
 from .channels import resolve_channel
 from .projections import Moments, MomentAccumulator
+from .roi import ROI, ROIList
+from .roi_store import delete_roi_set, load_legacy_roi_sets, load_roi_sets, save_roi_set
 from .sequence import Sequence
 
 FORMAT_NAME = "napari-sima dataset"
@@ -126,6 +128,7 @@ class ImagingDataset:
         self._meta: dict[str, Any] = {}
         self._sequences: list[Sequence] | None = None
         self._stored_sequences: list[dict] | None = None
+        self._memory_rois: dict[str, ROIList] = {}
         if sequences is None:  # the load path, see ImagingDataset.load
             return
         if isinstance(sequences, Sequence) or not isinstance(sequences, (list, tuple)):
@@ -306,10 +309,15 @@ class ImagingDataset:
                         shutil.copytree(src, dst, dirs_exist_ok=True)
                     else:
                         shutil.copy2(src, dst)
+        legacy_rois = self.ROIs if (old is not None and self._uses_legacy_rois()) else {}
         self._savedir = target
         self._read_only = False
         self._sequences = sequences
         self.save()
+        # ROI sets that lived in memory, or in a legacy rois.pkl, move into the new folder
+        for label, rois in {**legacy_rois, **self._memory_rois}.items():
+            save_roi_set(self._roi_folder(), rois, label)
+        self._memory_rois = {}
 
     @property
     def read_only(self) -> bool:
@@ -553,17 +561,71 @@ class ImagingDataset:
         """Per-pixel excess (Fisher) kurtosis, population estimator; ``(z, y, x, c)``."""
         return self.compute_projections().kurtosis
 
-    # -- ROI sets (storage hook; the ROI model comes with the ROI issue) ----------------------
+    # -- ROI sets ----------------------------------------------------------------------------
+    def _roi_folder(self) -> Path:
+        assert self._savedir is not None
+        return self._savedir / "rois"
+
+    def _uses_legacy_rois(self) -> bool:
+        return (
+            self._savedir is not None
+            and not (self._roi_folder() / "index.json").exists()
+            and (self._savedir / "rois.pkl").exists()
+        )
+
     @property
-    def ROIs(self) -> dict[str, Any]:  # noqa: N802 - SIMA's name
-        """ROI sets stored with the dataset, ``{label: ROIList}`` (empty when none)."""
+    def ROIs(self) -> dict[str, ROIList]:  # noqa: N802 - SIMA's name
+        """ROI sets of the dataset, ``{label: ROIList}`` (empty when none).
+
+        Read fresh from the dataset folder on each access (a legacy SIMA folder's
+        ``rois.pkl`` through the restricted unpickler); kept in memory for a dataset
+        without a folder.
+        """
         if self._savedir is None:
-            return {}
-        try:
-            from .roi_store import load_roi_sets  # provided by the ROI model
-        except ImportError:
-            return {}
-        return load_roi_sets(self._savedir)
+            return {k: ROIList(list(v), timestamp=v.timestamp) for k, v in self._memory_rois.items()}
+        if self._uses_legacy_rois():
+            return load_legacy_roi_sets(self._savedir)
+        return load_roi_sets(self._roi_folder())
+
+    def add_ROIs(self, ROIs: ROIList | list[ROI], label: str | None = None) -> str:  # noqa: N802,N803
+        """Store an ROI set with the dataset (atomically), replacing one of the same label.
+
+        Parameters
+        ----------
+        ROIs : ROIList or list of ROI
+            The ROIs.
+        label : str, optional
+            Name of the set (default: the current timestamp).
+
+        Returns
+        -------
+        str
+            The label used.
+
+        Raises
+        ------
+        PermissionError
+            If the dataset is read-only.
+        TypeError
+            If an item is not an ROI.
+        """
+        self._check_writable()
+        rois = ROIList(list(ROIs))
+        if self._savedir is None:
+            label = timestamp() if label is None else str(label)
+            rois.timestamp = timestamp()
+            self._memory_rois.pop(label, None)
+            self._memory_rois[label] = rois
+            return label
+        return save_roi_set(self._roi_folder(), rois, label)
+
+    def delete_ROIs(self, label: str) -> None:  # noqa: N802 - SIMA's name
+        """Remove an ROI set; an unknown label is silently ignored (as in SIMA)."""
+        self._check_writable()
+        if self._savedir is None:
+            self._memory_rois.pop(label, None)
+            return
+        delete_roi_set(self._roi_folder(), label)
 
     # -- exports ------------------------------------------------------------------------------
     def export_averages(

@@ -1,0 +1,383 @@
+"""Labelled, timestamped ROI sets on disk (our format), and legacy ``rois.pkl``.
+
+An ROI store is a folder (``NAME.sima/rois/`` inside a dataset) holding
+
+``index.json``
+    ``{"format", "format_version", "sets": {label: {"timestamp", "file", "n_rois"}}}``
+``set_<hex>.npz``
+    one file per set: a JSON string with each ROI's properties (label, id, tags,
+    im_shape, kind, mask dtype) and plain arrays with the polygon vertices and the
+    mask pixels (COO: roi, z, y, x, value).
+
+A set is saved by writing a new ``set_<hex>.npz`` and then replacing ``index.json``
+atomically, so a crash at any point leaves either the old or the new set.  Nothing is
+pickled; arrays are loaded with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from . import storage
+from .roi import ROI, ROIList
+
+STORE_FORMAT = "napari-sima roi sets"
+STORE_VERSION = 1
+INDEX_FILE = "index.json"
+ROIS_FOLDER = "rois"
+LEGACY_FILE = "rois.pkl"
+
+
+def now_timestamp() -> str:
+    """The current local time as ``'%Y-%m-%d-%Hh%Mm%Ss'`` (SIMA's format)."""
+    import time
+
+    return time.strftime("%Y-%m-%d-%Hh%Mm%Ss")
+
+
+def store_dir(path: str | os.PathLike) -> Path:
+    """Return the ROI store folder for a dataset folder or a store folder.
+
+    A folder named ``*.sima`` (or holding ``dataset.json`` / ``dataset.pkl``) is a
+    dataset: its store is the ``rois`` sub-folder.  Any other path is the store itself.
+    """
+    p = Path(os.path.abspath(os.fspath(path)))
+    if p.suffix == ".sima" or (p / "dataset.json").exists() or (p / "dataset.pkl").exists():
+        return p / ROIS_FOLDER
+    return p
+
+
+def _read_index(folder: Path) -> dict[str, Any]:
+    path = folder / INDEX_FILE
+    if not path.exists():
+        return {"format": STORE_FORMAT, "format_version": STORE_VERSION, "sets": {}}
+    index = storage.read_json(path, "ROI set index")
+    if not isinstance(index, dict) or index.get("format") != STORE_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a napari-sima ROI set index")
+    if not isinstance(index.get("format_version"), int) or index["format_version"] > STORE_VERSION:
+        raise ValueError(
+            f"{str(path)!r} has format version {index.get('format_version')!r}; this "
+            f"napari-sima reads up to {STORE_VERSION}"
+        )
+    if not isinstance(index.get("sets"), dict):
+        raise ValueError(f"{str(path)!r} lacks its 'sets'")
+    return index
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------
+def _encode(rois: ROIList, timestamp: str) -> dict[str, np.ndarray]:
+    props = []
+    verts: list[np.ndarray] = []
+    lengths: list[int] = []
+    m_roi: list[np.ndarray] = []
+    m_z: list[np.ndarray] = []
+    m_y: list[np.ndarray] = []
+    m_x: list[np.ndarray] = []
+    m_v: list[np.ndarray] = []
+    for k, roi in enumerate(rois):
+        if not isinstance(roi, ROI):
+            raise TypeError(f"ROI set item {k} is a {type(roi).__name__}, not an ROI")
+        entry: dict[str, Any] = {
+            "label": roi.label,
+            "id": roi.id,
+            "tags": sorted(roi.tags),
+            "im_shape": None if roi._im_shape is None else list(roi._im_shape),
+            "kind": roi.kind,
+        }
+        if roi.kind == "polygons":
+            polys = roi.polygon_arrays
+            entry["n_polygons"] = len(polys)
+            verts.extend(polys)
+            lengths.extend(len(p) for p in polys)
+        else:
+            planes = roi._mask
+            assert planes is not None
+            entry["mask_dtype"] = str(planes[0].dtype)
+            entry["mask_planes"] = [list(p.shape) for p in planes]
+            for z, plane in enumerate(planes):
+                coo = plane.tocoo()
+                m_roi.append(np.full(coo.nnz, k, dtype=np.int64))
+                m_z.append(np.full(coo.nnz, z, dtype=np.int64))
+                m_y.append(coo.row.astype(np.int64))
+                m_x.append(coo.col.astype(np.int64))
+                m_v.append(coo.data.astype(np.float64))
+        props.append(entry)
+
+    def cat(parts: list[np.ndarray], dtype: Any, shape: tuple[int, ...] = (0,)) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype=dtype)
+
+    meta = {"timestamp": timestamp, "rois": props}
+    return {
+        "properties": np.asarray(json.dumps(meta)),
+        "poly_vertices": cat(verts, np.float64, (0, 3)),
+        "poly_lengths": np.asarray(lengths, dtype=np.int64),
+        "mask_roi": cat(m_roi, np.int64),
+        "mask_z": cat(m_z, np.int64),
+        "mask_y": cat(m_y, np.int64),
+        "mask_x": cat(m_x, np.int64),
+        "mask_value": cat(m_v, np.float64),
+    }
+
+
+def _decode(arrays: dict[str, np.ndarray], source: str) -> ROIList:
+    try:
+        meta = json.loads(str(arrays["properties"]))
+        props = meta["rois"]
+        verts = arrays["poly_vertices"]
+        lengths = arrays["poly_lengths"]
+        m_roi, m_z, m_y, m_x, m_v = (
+            arrays[k] for k in ("mask_roi", "mask_z", "mask_y", "mask_x", "mask_value")
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"the ROI set file {source!r} is incomplete or broken: {err}") from None
+    if verts.ndim != 2 or verts.shape[1] != 3 or int(lengths.sum()) != len(verts):
+        raise ValueError(f"the ROI set file {source!r} has inconsistent polygon arrays")
+    order = np.argsort(m_roi, kind="stable")
+    bounds = np.searchsorted(m_roi[order], np.arange(len(props) + 1))
+    rois = []
+    start = 0
+    poly_index = 0
+    for k, entry in enumerate(props):
+        kwargs = {
+            "label": entry.get("label"),
+            "id": entry.get("id"),
+            "tags": entry.get("tags") or (),
+            "im_shape": entry.get("im_shape"),
+        }
+        try:
+            if entry.get("kind") == "polygons":
+                n = int(entry["n_polygons"])
+                polys = []
+                for length in lengths[poly_index : poly_index + n]:
+                    polys.append(verts[start : start + int(length)])
+                    start += int(length)
+                poly_index += n
+                rois.append(ROI(polygons=polys, **kwargs))
+            else:
+                sel = order[bounds[k] : bounds[k + 1]]
+                dtype = np.dtype(entry["mask_dtype"])
+                planes = []
+                for z, shape in enumerate(entry["mask_planes"]):
+                    here = sel[m_z[sel] == z]
+                    planes.append(
+                        sparse.csr_matrix(
+                            (m_v[here].astype(dtype), (m_y[here], m_x[here])),
+                            shape=tuple(int(s) for s in shape),
+                            dtype=dtype,
+                        )
+                    )
+                rois.append(ROI(mask=planes, **kwargs))
+        except (KeyError, ValueError, TypeError, IndexError) as err:
+            raise ValueError(
+                f"ROI {k} ({entry.get('label')!r}) in {source!r} cannot be rebuilt: {err}"
+            ) from None
+    return ROIList(rois, timestamp=meta.get("timestamp"))
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------
+def roi_set_timestamps(path: str | os.PathLike) -> dict[str, str]:
+    """Return ``{label: timestamp}`` of the sets in a store (empty when none)."""
+    folder = store_dir(path)
+    return {label: info.get("timestamp", "") for label, info in _read_index(folder)["sets"].items()}
+
+
+def most_recent_label(timestamps: dict[str, str]) -> str | None:
+    """Return the label with the latest timestamp (ties: the one saved last)."""
+    best = None
+    best_ts = None
+    for label, ts in timestamps.items():
+        if best_ts is None or (ts or "") >= best_ts:
+            best, best_ts = label, ts or ""
+    return best
+
+
+def load_roi_set(path: str | os.PathLike, label: str | None = None) -> ROIList:
+    """Read one ROI set from a dataset folder or store folder.
+
+    Parameters
+    ----------
+    path : path-like
+        Dataset folder (``*.sima``) or store folder.
+    label : str, optional
+        The set to read (default: the most recent).
+
+    Returns
+    -------
+    ROIList
+
+    Raises
+    ------
+    KeyError
+        If there is no such set (the message lists the labels there are).
+    ValueError
+        If the files are broken.
+    """
+    folder = store_dir(path)
+    index = _read_index(folder)
+    sets = index["sets"]
+    if label is None:
+        label = most_recent_label({k: v.get("timestamp", "") for k, v in sets.items()})
+        if label is None:
+            raise KeyError(f"no ROI sets stored in {str(folder)!r}")
+    if label not in sets:
+        raise KeyError(
+            f"no ROI set {label!r} in {str(folder)!r}; stored sets: {sorted(sets)}"
+        )
+    name = os.path.basename(str(sets[label].get("file", "")))
+    if not name.startswith("set_") or not name.endswith(".npz"):
+        raise ValueError(f"the ROI set index in {str(folder)!r} names a bad file {name!r}")
+    arrays = storage.load_npz(folder / name, "ROI set file")
+    rois = _decode(arrays, str(folder / name))
+    rois.timestamp = sets[label].get("timestamp", rois.timestamp)
+    return rois
+
+
+def load_roi_sets(path: str | os.PathLike) -> dict[str, ROIList]:
+    """Read every ROI set of a dataset folder or store folder, ``{label: ROIList}``."""
+    folder = store_dir(path)
+    if not (folder / INDEX_FILE).exists():
+        return {}
+    return {label: load_roi_set(folder, label) for label in _read_index(folder)["sets"]}
+
+
+def save_roi_set(
+    path: str | os.PathLike, rois: ROIList | list[ROI], label: str | None = None
+) -> str:
+    """Add (or replace) an ROI set in a store, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Dataset folder or store folder (created when missing).
+    rois : ROIList or list of ROI
+        The ROIs.
+    label : str, optional
+        Name of the set (default: the current timestamp).
+
+    Returns
+    -------
+    str
+        The label used.
+    """
+    folder = store_dir(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    timestamp = now_timestamp()
+    label = timestamp if label is None else str(label)
+    if not label:
+        raise ValueError("an ROI set label cannot be empty")
+    arrays = _encode(ROIList(list(rois)), timestamp)
+    name = f"set_{uuid.uuid4().hex}.npz"
+    storage.atomic_save_npz(folder / name, compress=True, **arrays)
+    index = _read_index(folder)
+    old = index["sets"].pop(label, None)
+    index["sets"][label] = {"timestamp": timestamp, "file": name, "n_rois": len(rois)}
+    try:
+        storage.atomic_write_json(folder / INDEX_FILE, index)
+    except BaseException:
+        (folder / name).unlink(missing_ok=True)
+        raise
+    if old and old.get("file") and old["file"] != name:
+        (folder / os.path.basename(old["file"])).unlink(missing_ok=True)
+    return label
+
+
+def delete_roi_set(path: str | os.PathLike, label: str) -> bool:
+    """Remove an ROI set; returns False (silently, as SIMA) when there is no such set."""
+    folder = store_dir(path)
+    if not (folder / INDEX_FILE).exists():
+        return False
+    index = _read_index(folder)
+    info = index["sets"].pop(label, None)
+    if info is None:
+        return False
+    storage.atomic_write_json(folder / INDEX_FILE, index)
+    if info.get("file"):
+        (folder / os.path.basename(info["file"])).unlink(missing_ok=True)
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# Legacy SIMA rois.pkl
+# ---------------------------------------------------------------------------------------
+def _legacy_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
+
+
+def load_legacy_roi_sets(path: str | os.PathLike) -> dict[str, ROIList]:
+    """Read SIMA's ``rois.pkl`` (a file or a legacy dataset folder) safely.
+
+    Returns
+    -------
+    dict
+        ``{label: ROIList}``; empty when the file does not exist.
+
+    Raises
+    ------
+    napari_sima.core.legacy.UnsafePickleError
+        If the pickle names anything outside the allow-list.
+    ValueError
+        If the content is not SIMA's ROI layout.
+    """
+    from .legacy import read_legacy_pickle
+
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        p = p / LEGACY_FILE
+    if not p.exists():
+        return {}
+    data = read_legacy_pickle(p)
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(p)!r} does not hold SIMA's {{label: ROI set}} mapping")
+    out = {}
+    for raw_label, entry in data.items():
+        label = _legacy_text(raw_label) or ""
+        if not isinstance(entry, dict) or "rois" not in entry:
+            raise ValueError(f"ROI set {label!r} in {str(p)!r} has no 'rois'")
+        rois = []
+        for k, d in enumerate(entry["rois"]):
+            try:
+                mask = d.get("mask")
+                if mask is not None:
+                    mask = [m.tocsr() if hasattr(m, "tocsr") else np.asarray(m) for m in mask]
+                polys = d.get("polygons")
+                rois.append(
+                    ROI(
+                        mask=mask if polys is None else None,
+                        polygons=polys,
+                        label=_legacy_text(d.get("label")),
+                        id=_legacy_text(d.get("id")),
+                        tags={_legacy_text(t) for t in (d.get("tags") or ())},
+                        im_shape=d.get("im_shape"),
+                    )
+                )
+            except (AttributeError, TypeError, ValueError) as err:
+                raise ValueError(f"ROI {k} of set {label!r} in {str(p)!r}: {err}") from None
+        out[label] = ROIList(rois, timestamp=_legacy_text(entry.get("timestamp")))
+    return out
+
+
+def load_legacy_roi_set(path: str | os.PathLike, label: str | None = None) -> ROIList:
+    """Read one set of a legacy ``rois.pkl`` (default: the most recent)."""
+    sets = load_legacy_roi_sets(path)
+    if not sets:
+        raise KeyError(f"no legacy ROI sets at {os.fspath(path)!r}")
+    if label is None:
+        label = most_recent_label({k: v.timestamp or "" for k, v in sets.items()})
+    if label not in sets:
+        raise KeyError(f"no ROI set {label!r} in {os.fspath(path)!r}; stored sets: {sorted(sets)}")
+    return sets[label]
