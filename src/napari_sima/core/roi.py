@@ -115,10 +115,15 @@ def _simplify(verts: np.ndarray, what: str, k: int) -> np.ndarray:
     """Drop repeated and collinear vertices (zero tolerance), keeping z."""
     import shapely
 
-    if len(np.unique(verts[:, :2], axis=0)) < 3:
+    xy = verts[:, :2] - verts[0, :2]
+    moved = np.flatnonzero(np.any(xy != 0, axis=1))
+    # fewer than 3 distinct points, or all on one line: the cross product of every
+    # vertex with the first edge vanishes (a figure-eight spans an area although its
+    # signed area is zero, so the area is not used here)
+    if moved.size == 0 or not np.any(xy[moved[0], 0] * xy[:, 1] - xy[moved[0], 1] * xy[:, 0]):
         raise ValueError(
-            f"{what}: polygon {k} has fewer than 3 distinct vertices ({len(verts)} given); "
-            f"a region needs at least 3"
+            f"{what}: polygon {k} encloses no area: it has fewer than 3 distinct vertices "
+            f"or they are all on one line ({len(verts)} given)"
         )
     poly = shapely.Polygon(verts)
     simple = shapely.simplify(poly, 0.0)
