@@ -66,6 +66,16 @@ def _wait_until(condition, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
+def _show_only_dock(viewer, title: str) -> None:
+    """Hide every napari-sima dock but ``title`` (e.g. ``'ROIs (napari-sima)'``)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    for dock in viewer.window._qt_window.findChildren(QDockWidget):
+        name = getattr(dock, "name", dock.windowTitle())
+        if name.endswith("(napari-sima)"):
+            dock.setVisible(name == title)
+
+
 def dataset_widget_screenshot(outdir: Path) -> Path:
     """Open the demo, compute the projections and save ``dataset-widget.png``.
 
@@ -84,6 +94,7 @@ def dataset_widget_screenshot(outdir: Path) -> Path:
     viewer = run_demo(block=False)
     try:
         viewer.window.resize(*DEMO_WINDOW_SIZE)
+        _show_only_dock(viewer, "Dataset (napari-sima)")
         widget = viewer.window.dock_widgets["Dataset (napari-sima)"]
         widget.compute_projections()
         _wait_until(lambda: not widget.is_computing)
@@ -103,6 +114,69 @@ def dataset_widget_screenshot(outdir: Path) -> Path:
         viewer.close()
 
 
+def roi_manager_screenshot(outdir: Path) -> Path:
+    """Open the demo, show the sample's true cells as an ROI set, save ``roi-manager.png``.
+
+    Some cells are tagged, accepted or rejected so the outline colours and the table of
+    selected ROIs show; the ROIs dock is raised.
+
+    Parameters
+    ----------
+    outdir : Path
+        Folder for the PNG.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    import numpy as np
+
+    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
+    from napari_sima._sample_data import sample_movie
+    from napari_sima.core import ROI, ROIList
+
+    viewer = run_demo(block=False)
+    try:
+        viewer.window.resize(*DEMO_WINDOW_SIZE)
+        widget = viewer.window.dock_widgets["ROIs (napari-sima)"]
+        dataset = widget.dataset
+        shape = dataset.frame_shape[:3]
+        cells = sample_movie().cells
+        rois = ROIList(
+            [ROI(mask=c.mask, label=f"cell-{i + 1}", im_shape=shape) for i, c in enumerate(cells)]
+        )
+        for k in (0, 2, 3, 5, 7, 8):
+            rois[k].tags = {"accepted"}
+        for k in (4, 10):
+            rois[k].tags = {"rejected"}
+        rois[2].tags |= {"PV"}
+        rois[7].tags |= {"PV"}
+        dataset.add_ROIs(rois, "true cells")
+        widget.show_set("true cells")
+        _show_only_dock(viewer, "ROIs (napari-sima)")
+        layer = viewer.layers["ROIs: true cells"]
+        # the mean GCaMP image under the outlines; movies and structural channel hidden
+        for lay in viewer.layers:
+            lay.visible = lay.name == layer.name or "mean [GCaMP]" in lay.name
+            if "mean [GCaMP]" in lay.name:
+                lay.colormap = "gray"  # green outlines (accepted) read better on gray
+        # select a rejected cell and its nearest neighbour: the table lists both
+        centres = [np.asarray(d)[:, 1:].mean(axis=0) for d in layer.data]
+        dist = [np.hypot(*(c - centres[10])) if k != 10 else np.inf for k, c in enumerate(centres)]
+        layer.selected_data = {10, int(np.argmin(dist))}
+        widget.set_draw_mode("select")
+        viewer.dims.current_step = (0,) * viewer.dims.ndim
+        viewer.reset_view()
+        _process_events(1.5)
+        outdir.mkdir(parents=True, exist_ok=True)
+        path = outdir / "roi-manager.png"
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        return path
+    finally:
+        viewer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write all screenshots; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     display = _ensure_display()
     try:
         path = dataset_widget_screenshot(args.outdir)
+        print(f"wrote {path}")
+        path = roi_manager_screenshot(args.outdir)
         print(f"wrote {path}")
     finally:
         if display is not None:

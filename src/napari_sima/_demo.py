@@ -21,6 +21,7 @@ DEMO_SAMPLE_KEY = "calcium"
 #: Widget commands (manifest ids) docked by the demo, in docking order.
 DEMO_WIDGET_COMMANDS: list[str] = [
     "napari-sima.dataset_widget",
+    "napari-sima.roi_widget",
 ]
 
 #: Initial window size (width, height) in pixels.

@@ -267,7 +267,9 @@ def test_run_demo(qtbot):
         widget = docks["Dataset (napari-sima)"]
         assert isinstance(widget, DatasetWidget)
         assert widget.dataset is sima_metadata(viewer.layers[0])["dataset"]
-        assert widget_display_names() == ["Dataset"]
+        names = widget_display_names()
+        assert names[0] == "Dataset" and "ROIs" in names
+        assert all(f"{name} (napari-sima)" in docks for name in names)
     finally:
         viewer.close()
     # every widget of the manifest is docked by the demo
