@@ -17,10 +17,13 @@ poly2mask, mask2poly
     SIMA's rasterisation rule and outline tracing.
 resolve_channel
     Channel selection by index or name.
+dff
+    ΔF/F of traces with a sliding percentile or maximin baseline.
 """
 
 from .channels import resolve_channel
 from .dataset import ImagingDataset
+from .dff import dff
 from .roi import ROI, NonBooleanMask, ROIList, mask2poly, poly2mask
 from .sequence import Sequence
 
@@ -30,6 +33,7 @@ __all__ = [
     "ROI",
     "ROIList",
     "Sequence",
+    "dff",
     "mask2poly",
     "poly2mask",
     "resolve_channel",

@@ -56,7 +56,14 @@ LEGACY_FILE = "dataset.pkl"
 PROJECTION_BLOCK_BYTES = 64 * 2**20
 
 #: Files of ours that move with a dataset when its ``savedir`` changes.
-_OWN_PATTERNS = ("projections.npz", "seq_*.npy", "displacements_*.npy", "rois", "signals")
+_OWN_PATTERNS = (
+    "projections.npz",
+    "seq_*.npy",
+    "displacements_*.npy",
+    "rois",
+    "signals",
+    "extractSummary_*",
+)
 
 
 def timestamp() -> str:
@@ -318,6 +325,14 @@ class ImagingDataset:
         for label, rois in {**legacy_rois, **self._memory_rois}.items():
             save_roi_set(self._roi_folder(), rois, label)
         self._memory_rois = {}
+        # and so do signal sets extracted while the dataset had no folder
+        from . import signal_store
+
+        for channel, sets in self.__dict__.pop("_memory_signals", {}).items():
+            for label, signals in sets.items():
+                signal_store.save_signal_set(
+                    signal_store.store_dir(target, channel), signals, label
+                )
 
     @property
     def read_only(self) -> bool:
@@ -626,6 +641,174 @@ class ImagingDataset:
             self._memory_rois.pop(label, None)
             return
         delete_roi_set(self._roi_folder(), label)
+
+    # -- signals ------------------------------------------------------------------------------
+    def iter_extract(
+        self,
+        rois: Any = None,
+        signal_channel: int | str = 0,
+        label: str | None = None,
+        remove_overlap: bool = True,
+        n_processes: int = 1,
+        demix_channel: int | str | None = None,
+        save_summary: bool = True,
+    ) -> Generator[tuple[int, int], None, dict[str, Any]]:
+        """Extract and store ROI signals, as a generator yielding ``(frames_done, total)``.
+
+        Same parameters and result (the generator's return value) as :meth:`extract`;
+        closing the generator cancels the work.
+
+        See Also
+        --------
+        napari_sima.core.extract.iter_extract
+        """
+        from .extract import iter_extract
+
+        return (
+            yield from iter_extract(
+                self,
+                rois,
+                signal_channel=signal_channel,
+                label=label,
+                remove_overlap=remove_overlap,
+                n_processes=n_processes,
+                demix_channel=demix_channel,
+                save_summary=save_summary,
+            )
+        )
+
+    def extract(
+        self,
+        rois: Any = None,
+        signal_channel: int | str = 0,
+        label: str | None = None,
+        remove_overlap: bool = True,
+        n_processes: int = 1,
+        demix_channel: int | str | None = None,
+        save_summary: bool = True,
+    ) -> dict[str, Any]:
+        """Extract the signal of every ROI in every frame, and store it with the dataset.
+
+        Parameters
+        ----------
+        rois : ROIList, list of ROI, str or None
+            The ROIs, or the label of a stored ROI set (default: the most recent set).
+        signal_channel : int or str
+            Channel to extract, by index or name.
+        label : str, optional
+            Name of the stored signal set (default: the extraction timestamp).
+        remove_overlap : bool
+            Drop pixels shared by several ROIs (default); otherwise solve them by
+            least squares.
+        n_processes : int
+            Processes reading and computing (more are never slower than one).
+        demix_channel : int, str or None
+            Experimental two-channel demixing (adds ``'demixed_raw'``).
+        save_summary : bool
+            With a folder, also write ``extractSummary_<timestamp>.png`` / ``.pdf``.
+
+        Returns
+        -------
+        dict
+            ``raw`` (list per sequence of ``(n_rois, n_frames)`` float32: the weighted
+            mean of ``F / time_average`` per ROI), ``demixed_raw`` (with demixing),
+            ``mean_frame``, ``overlap`` (with ``remove_overlap``), ``signal_channel``,
+            ``demix_channel`` (with demixing), ``rois`` (ROI dicts in row order),
+            ``timestamp``.
+
+        Raises
+        ------
+        ValueError
+            If there are no ROIs or none has a pixel, or a channel is unknown.
+        PermissionError
+            If the dataset is read-only.
+
+        See Also
+        --------
+        napari_sima.core.extract : the algorithm, unobserved pixels, demixing, speed.
+        """
+        from .extract import extract
+
+        return extract(
+            self,
+            rois,
+            signal_channel=signal_channel,
+            label=label,
+            remove_overlap=remove_overlap,
+            n_processes=n_processes,
+            demix_channel=demix_channel,
+            save_summary=save_summary,
+        )
+
+    def signals(self, channel: int | str = 0) -> dict[str, dict[str, Any]]:
+        """Stored signal sets of a channel, ``{label: signals}`` (empty when none).
+
+        Read fresh from the dataset folder on each access (a legacy SIMA folder's
+        ``signals_<k>.pkl`` through the restricted unpickler); kept in memory for a
+        dataset without a folder.
+        """
+        from . import signal_store
+
+        ch = self.resolve_channel(channel)
+        if self._savedir is None:
+            return dict(signal_store.memory_store(self, ch))
+        return signal_store.dataset_signal_sets(self._savedir, ch)
+
+    def delete_signals(self, label: str, channel: int | str = 0) -> None:
+        """Remove a stored signal set; an unknown label is silently ignored."""
+        from . import signal_store
+
+        self._check_writable()
+        ch = self.resolve_channel(channel)
+        if self._savedir is None:
+            signal_store.memory_store(self, ch).pop(label, None)
+            return
+        signal_store.delete_signal_set(signal_store.store_dir(self._savedir, ch), label)
+
+    def export_signals(
+        self,
+        path: str | os.PathLike,
+        fmt: str = "csv",
+        channel: int | str = 0,
+        signals_label: str | None = None,
+    ) -> None:
+        """Write a stored signal set (default: the most recent) to a file.
+
+        Parameters
+        ----------
+        path : path-like
+            Output file.
+        fmt : {'csv', 'tsv', 'npz'}
+            Comma-separated, SIMA's tab-separated layout, or NumPy arrays with the ROI
+            properties (see :func:`napari_sima.core.signal_store.export_signals`).
+        channel : int or str
+            Channel whose signals are exported.
+        signals_label : str, optional
+            The set (default: the one with the latest timestamp).
+
+        Raises
+        ------
+        KeyError
+            If there are no signals (or no such set) for the channel.
+        """
+        from . import signal_store
+        from .roi_store import most_recent_label
+
+        ch = self.resolve_channel(channel)
+        if self._savedir is None:
+            sets = signal_store.memory_store(self, ch)
+            if signals_label is None:
+                signals_label = most_recent_label(
+                    {k: v.get("timestamp") or "" for k, v in sets.items()}
+                )
+            if signals_label not in sets:
+                raise KeyError(
+                    f"no signal set {signals_label!r} for channel {ch}; stored sets: {sorted(sets)}"
+                )
+            signals = sets[signals_label]
+        else:
+            signals = signal_store.dataset_signal_set(self._savedir, ch, signals_label)
+        signal_store.export_signals(signals, path, fmt=fmt)
 
     # -- exports ------------------------------------------------------------------------------
     def export_averages(

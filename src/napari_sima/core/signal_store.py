@@ -1,0 +1,654 @@
+"""Labelled signal sets on disk (JSON index + one NPZ per set), and signal export.
+
+A dataset folder keeps the signals of each channel in ``NAME.sima/signals/channel_<k>/``:
+
+``index.json``
+    ``{"format", "format_version", "channel", "sets": {label: {"timestamp", "file",
+    "n_rois", "num_sequences", "num_frames", "entries", "parameters", "saved"}}}``
+``set_<hex>.npz``
+    one file per set, loaded with ``allow_pickle=False``:
+
+    * ``meta``: a JSON string (timestamp, channels, number of sequences, the names and
+      kinds of the extra entries, JSON-valued extras);
+    * ``raw_<i>`` (and ``demixed_raw_<i>``): float32 ``(n_rois, n_frames)`` of sequence
+      ``i``; ``mean_frame``; ``overlap`` as a ``(2, n)`` int64 array;
+    * ``roi_*``: the ROIs in row order, encoded as in the ROI store (properties as
+      JSON, polygon vertices and mask pixels as COO arrays);
+    * ``x_<key>`` / ``x_<key>_<i>``: extra arrays added later (dF/F, spikes, fits, ...),
+      per set or per sequence.
+
+A set is saved by writing a new ``set_<hex>.npz`` and then replacing ``index.json``
+atomically, so a crash leaves either the old or the new state, never a broken set.
+Extra entries (:func:`update_signal_set`) rewrite the set into a new file the same way.
+Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import storage
+
+__all__ = [
+    "dataset_signal_set",
+    "dataset_signal_sets",
+    "delete_signal_set",
+    "export_signals",
+    "load_legacy_signal_sets",
+    "load_signal_set",
+    "load_signal_sets",
+    "memory_store",
+    "save_signal_set",
+    "signal_set_info",
+    "signal_set_timestamps",
+    "store_dir",
+    "update_signal_set",
+]
+
+STORE_FORMAT = "napari-sima signal sets"
+STORE_VERSION = 1
+INDEX_FILE = "index.json"
+SIGNALS_FOLDER = "signals"
+
+#: Keys of a signals dict with a fixed meaning (everything else is an "extra" entry).
+CORE_KEYS = (
+    "raw",
+    "demixed_raw",
+    "mean_frame",
+    "overlap",
+    "signal_channel",
+    "demix_channel",
+    "rois",
+    "timestamp",
+)
+_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def store_dir(savedir: str | os.PathLike, channel: int) -> Path:
+    """Return the signal store folder of a dataset folder for channel index ``channel``."""
+    return Path(os.path.abspath(os.fspath(savedir))) / SIGNALS_FOLDER / f"channel_{int(channel)}"
+
+
+def memory_store(dataset: Any, channel: int) -> dict[str, dict[str, Any]]:
+    """Return the in-memory ``{label: signals}`` of a dataset without a folder."""
+    stores = dataset.__dict__.setdefault("_memory_signals", {})
+    return stores.setdefault(int(channel), {})
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d-%Hh%Mm%Ss")
+
+
+def _read_index(folder: Path) -> dict[str, Any]:
+    path = folder / INDEX_FILE
+    if not path.exists():
+        return {"format": STORE_FORMAT, "format_version": STORE_VERSION, "sets": {}}
+    index = storage.read_json(path, "signal set index")
+    if not isinstance(index, dict) or index.get("format") != STORE_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a napari-sima signal set index")
+    version = index.get("format_version")
+    if not isinstance(version, int) or version > STORE_VERSION:
+        raise ValueError(
+            f"{str(path)!r} has format version {version!r}; this napari-sima reads up to "
+            f"{STORE_VERSION}"
+        )
+    if not isinstance(index.get("sets"), dict):
+        raise ValueError(f"{str(path)!r} lacks its 'sets'")
+    return index
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------
+def _jsonable(value: Any, what: str) -> Any:
+    """Convert numpy scalars/arrays, tuples and sets to JSON types (or raise TypeError)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, what) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, what) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(v, what) for v in value)
+    raise TypeError(f"{what}: cannot store a {type(value).__name__} (not JSON or array)")
+
+
+def _is_array_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(
+        isinstance(v, np.ndarray) and v.dtype != object for v in value
+    )
+
+
+def _encode_rois(roi_dicts: list[Any]) -> dict[str, np.ndarray]:
+    from .roi import ROI, ROIList
+    from .roi_store import _encode
+
+    rois = ROIList([ROI(**d) if isinstance(d, dict) else d for d in roi_dicts])
+    arrays = _encode(rois, "")
+    return {f"roi_{k}": v for k, v in arrays.items()}
+
+
+def _decode_rois(arrays: dict[str, np.ndarray], source: str) -> list[dict[str, Any]]:
+    from .roi_store import _decode
+
+    sub = {k[4:]: v for k, v in arrays.items() if k.startswith("roi_")}
+    return [roi.todict() for roi in _decode(sub, source)]
+
+
+def encode_signals(
+    signals: dict[str, Any], parameters: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """Turn a signals dict into plain arrays for an ``.npz`` file (no pickles).
+
+    Parameters
+    ----------
+    signals : dict
+        An extraction result, possibly with extra entries: arrays, lists of arrays
+        (one per sequence) or JSON-compatible values.  Keys starting with ``_`` are
+        dropped (SIMA's internal ``_masks``).
+    parameters : dict, optional
+        JSON-compatible provenance stored with the set.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+
+    Raises
+    ------
+    ValueError
+        If ``raw`` is missing or an extra key is not a plain identifier.
+    TypeError
+        If a value cannot be stored.
+    """
+    if "raw" not in signals:
+        raise ValueError("a signal set needs its 'raw' signals")
+    raw = [np.asarray(r) for r in signals["raw"]]
+    arrays: dict[str, np.ndarray] = {}
+    for i, r in enumerate(raw):
+        if r.ndim != 2:
+            raise ValueError(f"raw[{i}] must be (n_rois, n_frames), got shape {r.shape}")
+        arrays[f"raw_{i}"] = r
+    n_rois = raw[0].shape[0] if raw else 0
+    if signals.get("demixed_raw") is not None:
+        for i, r in enumerate(signals["demixed_raw"]):
+            arrays[f"demixed_raw_{i}"] = np.asarray(r)
+    if signals.get("mean_frame") is not None:
+        arrays["mean_frame"] = np.asarray(signals["mean_frame"])
+    if signals.get("overlap") is not None:
+        ov = signals["overlap"]
+        arrays["overlap"] = np.vstack([np.asarray(ov[0]), np.asarray(ov[1])]).astype(np.int64)
+    arrays.update(_encode_rois(list(signals.get("rois") or [])))
+    extras: dict[str, Any] = {}
+    for key, value in signals.items():
+        if key in CORE_KEYS or key.startswith("_") or key == "parameters":
+            continue
+        if not _KEY_RE.match(key):
+            raise ValueError(f"signal entry name {key!r} must be a plain identifier")
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            arrays[f"x_{key}"] = value
+            extras[key] = {"kind": "array"}
+        elif _is_array_list(value):
+            for i, v in enumerate(value):
+                arrays[f"x_{key}_{i}"] = v
+            extras[key] = {"kind": "sequences", "n": len(value)}
+        else:
+            extras[key] = {"kind": "json", "value": _jsonable(value, f"signal entry {key!r}")}
+    meta = {
+        "timestamp": signals.get("timestamp"),
+        "signal_channel": _jsonable(signals.get("signal_channel"), "signal_channel"),
+        "demix_channel": _jsonable(signals.get("demix_channel"), "demix_channel"),
+        "num_sequences": len(raw),
+        "n_rois": int(n_rois),
+        "has_demixed": signals.get("demixed_raw") is not None,
+        "has_overlap": signals.get("overlap") is not None,
+        "extra": extras,
+        "parameters": _jsonable(parameters or {}, "parameters"),
+    }
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    return arrays
+
+
+def decode_signals(arrays: dict[str, np.ndarray], source: str = "signal set") -> dict[str, Any]:
+    """Rebuild a signals dict from :func:`encode_signals` arrays.
+
+    Raises
+    ------
+    ValueError
+        If arrays are missing or inconsistent (the message names ``source``).
+    """
+    try:
+        meta = json.loads(str(arrays["meta"]))
+        n_seq = int(meta["num_sequences"])
+        out: dict[str, Any] = {"raw": [arrays[f"raw_{i}"] for i in range(n_seq)]}
+        if meta.get("has_demixed"):
+            out["demixed_raw"] = [arrays[f"demixed_raw_{i}"] for i in range(n_seq)]
+        if "mean_frame" in arrays:
+            out["mean_frame"] = arrays["mean_frame"]
+        if meta.get("has_overlap"):
+            ov = arrays["overlap"]
+            out["overlap"] = (ov[0].copy(), ov[1].copy())
+        out["signal_channel"] = meta.get("signal_channel")
+        if meta.get("demix_channel") is not None:
+            out["demix_channel"] = meta["demix_channel"]
+        out["rois"] = _decode_rois(arrays, source)
+        out["timestamp"] = meta.get("timestamp")
+        for key, spec in (meta.get("extra") or {}).items():
+            kind = spec.get("kind")
+            if kind == "array":
+                out[key] = arrays[f"x_{key}"]
+            elif kind == "sequences":
+                out[key] = [arrays[f"x_{key}_{i}"] for i in range(int(spec["n"]))]
+            else:
+                out[key] = spec.get("value")
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"the signal set {source!r} is incomplete or broken: {err}") from None
+    if len(out["rois"]) != (out["raw"][0].shape[0] if out["raw"] else 0):
+        raise ValueError(
+            f"the signal set {source!r} has {len(out['rois'])} ROIs for "
+            f"{out['raw'][0].shape[0]} signal rows"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Store API
+# ---------------------------------------------------------------------------------------
+def signal_set_timestamps(folder: str | os.PathLike) -> dict[str, str]:
+    """Return ``{label: timestamp}`` of the sets in a store (empty when none)."""
+    index = _read_index(Path(folder))
+    return {label: info.get("timestamp") or "" for label, info in index["sets"].items()}
+
+
+def signal_set_info(folder: str | os.PathLike, label: str | None = None) -> dict[str, Any]:
+    """Return the index entry of a set (timestamp, file, sizes, entries, parameters).
+
+    Raises
+    ------
+    KeyError
+        If there is no such set.
+    """
+    folder = Path(folder)
+    index = _read_index(folder)
+    label = _pick_label(index, folder, label)
+    return dict(index["sets"][label])
+
+
+def _pick_label(index: dict[str, Any], folder: Path, label: str | None) -> str:
+    from .roi_store import most_recent_label
+
+    sets = index["sets"]
+    if label is None:
+        best = most_recent_label({k: v.get("timestamp") or "" for k, v in sets.items()})
+        if best is None:
+            raise KeyError(f"no signal sets stored in {str(folder)!r}")
+        return best
+    if label not in sets:
+        raise KeyError(f"no signal set {label!r} in {str(folder)!r}; stored sets: {sorted(sets)}")
+    return label
+
+
+def _set_file(folder: Path, info: dict[str, Any]) -> Path:
+    name = os.path.basename(str(info.get("file", "")))
+    if not name.startswith("set_") or not name.endswith(".npz"):
+        raise ValueError(f"the signal set index in {str(folder)!r} names a bad file {name!r}")
+    return folder / name
+
+
+def load_signal_set(folder: str | os.PathLike, label: str | None = None) -> dict[str, Any]:
+    """Read one signal set (default: the most recent).
+
+    Returns
+    -------
+    dict
+        ``raw``, ``demixed_raw`` (if any), ``mean_frame``, ``overlap`` (if any),
+        ``signal_channel``, ``demix_channel`` (if any), ``rois`` (ROI dicts in row
+        order), ``timestamp`` and any extra entries.
+
+    Raises
+    ------
+    KeyError
+        If there is no such set (the message lists the stored labels).
+    ValueError
+        If the files are broken.
+    """
+    folder = Path(folder)
+    index = _read_index(folder)
+    label = _pick_label(index, folder, label)
+    path = _set_file(folder, index["sets"][label])
+    return decode_signals(storage.load_npz(path, "signal set file"), str(path))
+
+
+def load_signal_sets(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Read every set of a store, ``{label: signals}`` (empty when none)."""
+    folder = Path(folder)
+    if not (folder / INDEX_FILE).exists():
+        return {}
+    return {label: load_signal_set(folder, label) for label in _read_index(folder)["sets"]}
+
+
+def _write_set(
+    folder: Path,
+    arrays: dict[str, np.ndarray],
+    label: str,
+    info: dict[str, Any],
+) -> None:
+    name = f"set_{uuid.uuid4().hex}.npz"
+    storage.atomic_save_npz(folder / name, compress=False, **arrays)
+    index = _read_index(folder)
+    old = index["sets"].pop(label, None)
+    index["sets"][label] = {**info, "file": name}
+    try:
+        storage.atomic_write_json(folder / INDEX_FILE, index)
+    except BaseException:
+        (folder / name).unlink(missing_ok=True)
+        raise
+    if old and old.get("file") and os.path.basename(old["file"]) != name:
+        (folder / os.path.basename(old["file"])).unlink(missing_ok=True)
+
+
+def save_signal_set(
+    folder: str | os.PathLike,
+    signals: dict[str, Any],
+    label: str | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> str:
+    """Add (or replace) a signal set in a store, atomically.
+
+    Parameters
+    ----------
+    folder : path-like
+        The store folder (created when missing), e.g. :func:`store_dir`.
+    signals : dict
+        An extraction result (extra entries allowed, see :func:`encode_signals`).
+    label : str, optional
+        Name of the set (default: the signals' timestamp).
+    parameters : dict, optional
+        JSON-compatible provenance (extraction options, ...).
+
+    Returns
+    -------
+    str
+        The label used.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = signals.get("timestamp") or _now()
+    label = str(stamp) if label is None else str(label)
+    if not label:
+        raise ValueError("a signal set label cannot be empty")
+    arrays = encode_signals(signals, parameters)
+    meta = json.loads(str(arrays["meta"]))
+    info = {
+        "timestamp": stamp,
+        "n_rois": meta["n_rois"],
+        "num_sequences": meta["num_sequences"],
+        "num_frames": [int(np.asarray(r).shape[1]) for r in signals["raw"]],
+        "entries": sorted(meta["extra"]),
+        "parameters": meta["parameters"],
+        "saved": _now(),
+    }
+    _write_set(folder, arrays, label, info)
+    return label
+
+
+def update_signal_set(
+    folder: str | os.PathLike, label: str, **entries: Any
+) -> None:
+    """Add or replace extra entries of a stored set (e.g. ``dff=[...]``), atomically.
+
+    Parameters
+    ----------
+    folder : path-like
+        The store folder.
+    label : str
+        The set.
+    **entries
+        Arrays, lists of arrays (one per sequence) or JSON-compatible values; a value
+        of ``None`` removes the entry.  Core keys (``raw``, ``rois``, ...) cannot be
+        changed.
+
+    Raises
+    ------
+    KeyError
+        If there is no such set.
+    ValueError
+        If an entry name is a core key or not a plain identifier.
+    """
+    folder = Path(folder)
+    index = _read_index(folder)
+    label = _pick_label(index, folder, label)
+    for key in entries:
+        if key in CORE_KEYS or key == "parameters":
+            raise ValueError(f"{key!r} is a core entry of a signal set and cannot be replaced")
+    info = index["sets"][label]
+    path = _set_file(folder, info)
+    arrays = storage.load_npz(path, "signal set file")
+    signals = decode_signals(arrays, str(path))
+    meta = json.loads(str(arrays["meta"]))
+    for key, value in entries.items():
+        if value is None:
+            signals.pop(key, None)
+        else:
+            signals[key] = value
+    new_arrays = encode_signals(signals, meta.get("parameters"))
+    new_meta = json.loads(str(new_arrays["meta"]))
+    _write_set(folder, new_arrays, label, {**info, "entries": sorted(new_meta["extra"])})
+
+
+def delete_signal_set(folder: str | os.PathLike, label: str) -> bool:
+    """Remove a set; returns False (silently) when there is no such set."""
+    folder = Path(folder)
+    if not (folder / INDEX_FILE).exists():
+        return False
+    index = _read_index(folder)
+    info = index["sets"].pop(label, None)
+    if info is None:
+        return False
+    storage.atomic_write_json(folder / INDEX_FILE, index)
+    if info.get("file"):
+        (folder / os.path.basename(info["file"])).unlink(missing_ok=True)
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# Datasets: our store, else a legacy SIMA signals_<k>.pkl
+# ---------------------------------------------------------------------------------------
+def legacy_file(savedir: str | os.PathLike, channel: int) -> Path:
+    """Path of SIMA's ``signals_<channel>.pkl`` in a dataset folder."""
+    return Path(os.fspath(savedir)) / f"signals_{int(channel)}.pkl"
+
+
+def _legacy_roi_dict(d: Any, where: str) -> dict[str, Any]:
+    from .roi import ROI
+    from .roi_store import _legacy_text
+
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: an ROI entry is a {type(d).__name__}, not a dict")
+    mask = d.get("mask")
+    if mask is not None:
+        mask = [m.tocsr() if hasattr(m, "tocsr") else np.asarray(m) for m in mask]
+    polys = d.get("polygons")
+    roi = ROI(
+        mask=mask if polys is None else None,
+        polygons=polys,
+        label=_legacy_text(d.get("label")),
+        id=_legacy_text(d.get("id")),
+        tags={_legacy_text(t) for t in (d.get("tags") or ())},
+        im_shape=d.get("im_shape"),
+    )
+    return roi.todict()
+
+
+def load_legacy_signal_sets(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Read SIMA's ``signals_<k>.pkl`` safely (restricted unpickler), ``{label: signals}``.
+
+    ROIs become ROI dicts as :meth:`ROI.todict` gives them; SIMA's internal ``_masks``
+    is dropped; other entries (``spikes``, ...) are kept.
+
+    Raises
+    ------
+    napari_sima.core.legacy.UnsafePickleError
+        If the pickle names anything outside the allow-list.
+    ValueError
+        If the content is not SIMA's signals layout.
+    """
+    from .legacy import read_legacy_pickle
+    from .roi_store import _legacy_text
+
+    p = Path(os.fspath(path))
+    if not p.exists():
+        return {}
+    data = read_legacy_pickle(p)
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(p)!r} does not hold SIMA's {{label: signals}} mapping")
+    out: dict[str, dict[str, Any]] = {}
+    for raw_label, entry in data.items():
+        label = _legacy_text(raw_label) or ""
+        where = f"signal set {label!r} in {str(p)!r}"
+        if not isinstance(entry, dict) or "raw" not in entry:
+            raise ValueError(f"{where} has no 'raw' signals")
+        sig: dict[str, Any] = {}
+        for key, value in entry.items():
+            key = _legacy_text(key) or ""
+            if key.startswith("_"):
+                continue
+            if key in ("raw", "demixed_raw"):
+                value = [np.asarray(v) for v in value]
+            elif key == "rois":
+                value = [_legacy_roi_dict(d, where) for d in value]
+            elif key == "timestamp":
+                value = _legacy_text(value)
+            elif key == "overlap" and value is not None:
+                value = (np.asarray(value[0], np.int64), np.asarray(value[1], np.int64))
+            sig[key] = value
+        out[label] = sig
+    return out
+
+
+def dataset_signal_sets(savedir: str | os.PathLike, channel: int) -> dict[str, dict[str, Any]]:
+    """Signal sets of a dataset folder for a channel: our store, else a legacy pickle."""
+    folder = store_dir(savedir, channel)
+    if (folder / INDEX_FILE).exists() or not legacy_file(savedir, channel).exists():
+        return load_signal_sets(folder)
+    return load_legacy_signal_sets(legacy_file(savedir, channel))
+
+
+def dataset_signal_set(
+    savedir: str | os.PathLike, channel: int, label: str | None = None
+) -> dict[str, Any]:
+    """One signal set of a dataset folder (default: the most recent).
+
+    Raises
+    ------
+    KeyError
+        If there is no such set.
+    """
+    from .roi_store import most_recent_label
+
+    folder = store_dir(savedir, channel)
+    if (folder / INDEX_FILE).exists() or not legacy_file(savedir, channel).exists():
+        if not (folder / INDEX_FILE).exists():
+            raise KeyError(f"no signals stored for channel {int(channel)} in {str(savedir)!r}")
+        return load_signal_set(folder, label)
+    sets = load_legacy_signal_sets(legacy_file(savedir, channel))
+    if label is None:
+        label = most_recent_label({k: v.get("timestamp") or "" for k, v in sets.items()})
+    if label not in sets:
+        raise KeyError(
+            f"no signal set {label!r} for channel {int(channel)} in {str(savedir)!r}; "
+            f"stored sets: {sorted(sets)}"
+        )
+    return sets[label]
+
+
+# ---------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------
+def _roi_fields(signals: dict[str, Any]) -> tuple[list[Any], list[Any], list[str]]:
+    ids, labels, tags = [], [], []
+    for d in signals.get("rois") or []:
+        get = d.get if isinstance(d, dict) else (lambda k, _r=d: getattr(_r, k))
+        ids.append(get("id"))
+        labels.append(get("label"))
+        tags.append(",".join(sorted(str(t) for t in (get("tags") or ()))))
+    return ids, labels, tags
+
+
+def export_signals(
+    signals: dict[str, Any], path: str | os.PathLike, fmt: str = "csv"
+) -> None:
+    """Write a signal set's ``raw`` signals to a text or ``.npz`` file, atomically.
+
+    Parameters
+    ----------
+    signals : dict
+        A signal set.
+    path : path-like
+        Output file (written as given).
+    fmt : {'csv', 'tsv', 'npz'}
+        ``'csv'``: comma-separated; ``'tsv'``: SIMA's exact tab-separated layout.  Both
+        have three header rows -- ``sequence, frame, <ROI ids>``; ``'', label, <ROI
+        labels>``; ``'', tags, <sorted tags joined by ','>`` -- then one row per frame of
+        every sequence: sequence index, frame index in the sequence, and each ROI's
+        value as Python ``str(float)`` of the stored float32 value (``nan`` for NaN).
+        ``'npz'``: ``raw_<i>`` (and ``demixed_raw_<i>``) per sequence, ``mean_frame``,
+        ``roi_ids``, ``roi_labels``, ``roi_tags`` (strings), ``signal_channel``,
+        ``timestamp`` and the ROIs' masks and polygons (``roi_*`` arrays as in the
+        store).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``fmt``.
+    """
+    key = str(fmt).lower()
+    path = Path(os.fspath(path))
+    ids, labels, tags = _roi_fields(signals)
+    raw = [np.asarray(r) for r in signals["raw"]]
+    if key in ("csv", "tsv"):
+        buf = io.StringIO(newline="")
+        writer = csv.writer(buf, delimiter="," if key == "csv" else "\t")
+        writer.writerow(["sequence", "frame", *ids])
+        writer.writerow(["", "label", *labels])
+        writer.writerow(["", "tags", *tags])
+        for s, block in enumerate(raw):
+            for f, row in enumerate(block.T.tolist()):
+                writer.writerow([s, f, *(str(float(v)) for v in row)])
+        storage.atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    elif key == "npz":
+        arrays: dict[str, np.ndarray] = {f"raw_{i}": r for i, r in enumerate(raw)}
+        if signals.get("demixed_raw") is not None:
+            for i, r in enumerate(signals["demixed_raw"]):
+                arrays[f"demixed_raw_{i}"] = np.asarray(r)
+        if signals.get("mean_frame") is not None:
+            arrays["mean_frame"] = np.asarray(signals["mean_frame"])
+        arrays["roi_ids"] = np.asarray(["" if v is None else str(v) for v in ids], dtype=str)
+        arrays["roi_labels"] = np.asarray(
+            ["" if v is None else str(v) for v in labels], dtype=str
+        )
+        arrays["roi_tags"] = np.asarray(tags, dtype=str)
+        arrays["num_sequences"] = np.asarray(len(raw))
+        if signals.get("signal_channel") is not None:
+            arrays["signal_channel"] = np.asarray(int(signals["signal_channel"]))
+        arrays["timestamp"] = np.asarray(str(signals.get("timestamp") or ""))
+        for k, v in _encode_rois(list(signals.get("rois") or [])).items():
+            arrays[k.replace("roi_", "roi_geometry_", 1)] = v
+        storage.atomic_save_npz(path, compress=True, **arrays)
+    else:
+        raise ValueError(f"unknown signal export format {fmt!r}; expected 'csv', 'tsv' or 'npz'")
