@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import sparse
 
-from . import storage
+from ._setstore import INDEX_FILE, SetStore, most_recent_label
 from .roi import ROI, ROIList
 
 STORE_FORMAT = "napari-sima roi sets"
 STORE_VERSION = 1
-INDEX_FILE = "index.json"
 ROIS_FOLDER = "rois"
 LEGACY_FILE = "rois.pkl"
 
@@ -54,21 +52,8 @@ def store_dir(path: str | os.PathLike) -> Path:
     return p
 
 
-def _read_index(folder: Path) -> dict[str, Any]:
-    path = folder / INDEX_FILE
-    if not path.exists():
-        return {"format": STORE_FORMAT, "format_version": STORE_VERSION, "sets": {}}
-    index = storage.read_json(path, "ROI set index")
-    if not isinstance(index, dict) or index.get("format") != STORE_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a napari-sima ROI set index")
-    if not isinstance(index.get("format_version"), int) or index["format_version"] > STORE_VERSION:
-        raise ValueError(
-            f"{str(path)!r} has format version {index.get('format_version')!r}; this "
-            f"napari-sima reads up to {STORE_VERSION}"
-        )
-    if not isinstance(index.get("sets"), dict):
-        raise ValueError(f"{str(path)!r} lacks its 'sets'")
-    return index
+def _store(path: str | os.PathLike) -> SetStore:
+    return SetStore(store_dir(path), STORE_FORMAT, STORE_VERSION, "ROI set")
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,18 +173,7 @@ def _decode(arrays: dict[str, np.ndarray], source: str) -> ROIList:
 # ---------------------------------------------------------------------------------------
 def roi_set_timestamps(path: str | os.PathLike) -> dict[str, str]:
     """Return ``{label: timestamp}`` of the sets in a store (empty when none)."""
-    folder = store_dir(path)
-    return {label: info.get("timestamp", "") for label, info in _read_index(folder)["sets"].items()}
-
-
-def most_recent_label(timestamps: dict[str, str]) -> str | None:
-    """Return the label with the latest timestamp (ties: the one saved last)."""
-    best = None
-    best_ts = None
-    for label, ts in timestamps.items():
-        if best_ts is None or (ts or "") >= best_ts:
-            best, best_ts = label, ts or ""
-    return best
+    return _store(path).timestamps()
 
 
 def load_roi_set(path: str | os.PathLike, label: str | None = None) -> ROIList:
@@ -223,32 +197,19 @@ def load_roi_set(path: str | os.PathLike, label: str | None = None) -> ROIList:
     ValueError
         If the files are broken.
     """
-    folder = store_dir(path)
-    index = _read_index(folder)
-    sets = index["sets"]
-    if label is None:
-        label = most_recent_label({k: v.get("timestamp", "") for k, v in sets.items()})
-        if label is None:
-            raise KeyError(f"no ROI sets stored in {str(folder)!r}")
-    if label not in sets:
-        raise KeyError(
-            f"no ROI set {label!r} in {str(folder)!r}; stored sets: {sorted(sets)}"
-        )
-    name = os.path.basename(str(sets[label].get("file", "")))
-    if not name.startswith("set_") or not name.endswith(".npz"):
-        raise ValueError(f"the ROI set index in {str(folder)!r} names a bad file {name!r}")
-    arrays = storage.load_npz(folder / name, "ROI set file")
-    rois = _decode(arrays, str(folder / name))
-    rois.timestamp = sets[label].get("timestamp", rois.timestamp)
+    store = _store(path)
+    label, entry, arrays = store.load_arrays(label)
+    rois = _decode(arrays, str(store.set_path(entry)))
+    rois.timestamp = entry.get("timestamp", rois.timestamp)
     return rois
 
 
 def load_roi_sets(path: str | os.PathLike) -> dict[str, ROIList]:
     """Read every ROI set of a dataset folder or store folder, ``{label: ROIList}``."""
-    folder = store_dir(path)
-    if not (folder / INDEX_FILE).exists():
+    store = _store(path)
+    if not store.exists():
         return {}
-    return {label: load_roi_set(folder, label) for label in _read_index(folder)["sets"]}
+    return {label: load_roi_set(store.folder, label) for label in store.read_index()["sets"]}
 
 
 def save_roi_set(
@@ -270,41 +231,16 @@ def save_roi_set(
     str
         The label used.
     """
-    folder = store_dir(path)
-    folder.mkdir(parents=True, exist_ok=True)
     timestamp = now_timestamp()
     label = timestamp if label is None else str(label)
-    if not label:
-        raise ValueError("an ROI set label cannot be empty")
     arrays = _encode(ROIList(list(rois)), timestamp)
-    name = f"set_{uuid.uuid4().hex}.npz"
-    storage.atomic_save_npz(folder / name, compress=True, **arrays)
-    index = _read_index(folder)
-    old = index["sets"].pop(label, None)
-    index["sets"][label] = {"timestamp": timestamp, "file": name, "n_rois": len(rois)}
-    try:
-        storage.atomic_write_json(folder / INDEX_FILE, index)
-    except BaseException:
-        (folder / name).unlink(missing_ok=True)
-        raise
-    if old and old.get("file") and old["file"] != name:
-        (folder / os.path.basename(old["file"])).unlink(missing_ok=True)
+    _store(path).write(arrays, label, {"timestamp": timestamp, "n_rois": len(rois)})
     return label
 
 
 def delete_roi_set(path: str | os.PathLike, label: str) -> bool:
     """Remove an ROI set; returns False (silently, as SIMA) when there is no such set."""
-    folder = store_dir(path)
-    if not (folder / INDEX_FILE).exists():
-        return False
-    index = _read_index(folder)
-    info = index["sets"].pop(label, None)
-    if info is None:
-        return False
-    storage.atomic_write_json(folder / INDEX_FILE, index)
-    if info.get("file"):
-        (folder / os.path.basename(info["file"])).unlink(missing_ok=True)
-    return True
+    return _store(path).delete(label)
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,13 +31,13 @@ import json
 import os
 import re
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import storage
+from ._setstore import INDEX_FILE, SetStore
 
 __all__ = [
     "dataset_signal_set",
@@ -57,7 +57,6 @@ __all__ = [
 
 STORE_FORMAT = "napari-sima signal sets"
 STORE_VERSION = 1
-INDEX_FILE = "index.json"
 SIGNALS_FOLDER = "signals"
 
 #: Keys of a signals dict with a fixed meaning (everything else is an "extra" entry).
@@ -89,22 +88,8 @@ def _now() -> str:
     return time.strftime("%Y-%m-%d-%Hh%Mm%Ss")
 
 
-def _read_index(folder: Path) -> dict[str, Any]:
-    path = folder / INDEX_FILE
-    if not path.exists():
-        return {"format": STORE_FORMAT, "format_version": STORE_VERSION, "sets": {}}
-    index = storage.read_json(path, "signal set index")
-    if not isinstance(index, dict) or index.get("format") != STORE_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a napari-sima signal set index")
-    version = index.get("format_version")
-    if not isinstance(version, int) or version > STORE_VERSION:
-        raise ValueError(
-            f"{str(path)!r} has format version {version!r}; this napari-sima reads up to "
-            f"{STORE_VERSION}"
-        )
-    if not isinstance(index.get("sets"), dict):
-        raise ValueError(f"{str(path)!r} lacks its 'sets'")
-    return index
+def _store(folder: str | os.PathLike) -> SetStore:
+    return SetStore(folder, STORE_FORMAT, STORE_VERSION, "signal set")
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,8 +256,7 @@ def decode_signals(arrays: dict[str, np.ndarray], source: str = "signal set") ->
 # ---------------------------------------------------------------------------------------
 def signal_set_timestamps(folder: str | os.PathLike) -> dict[str, str]:
     """Return ``{label: timestamp}`` of the sets in a store (empty when none)."""
-    index = _read_index(Path(folder))
-    return {label: info.get("timestamp") or "" for label, info in index["sets"].items()}
+    return _store(folder).timestamps()
 
 
 def signal_set_info(folder: str | os.PathLike, label: str | None = None) -> dict[str, Any]:
@@ -283,31 +267,7 @@ def signal_set_info(folder: str | os.PathLike, label: str | None = None) -> dict
     KeyError
         If there is no such set.
     """
-    folder = Path(folder)
-    index = _read_index(folder)
-    label = _pick_label(index, folder, label)
-    return dict(index["sets"][label])
-
-
-def _pick_label(index: dict[str, Any], folder: Path, label: str | None) -> str:
-    from .roi_store import most_recent_label
-
-    sets = index["sets"]
-    if label is None:
-        best = most_recent_label({k: v.get("timestamp") or "" for k, v in sets.items()})
-        if best is None:
-            raise KeyError(f"no signal sets stored in {str(folder)!r}")
-        return best
-    if label not in sets:
-        raise KeyError(f"no signal set {label!r} in {str(folder)!r}; stored sets: {sorted(sets)}")
-    return label
-
-
-def _set_file(folder: Path, info: dict[str, Any]) -> Path:
-    name = os.path.basename(str(info.get("file", "")))
-    if not name.startswith("set_") or not name.endswith(".npz"):
-        raise ValueError(f"the signal set index in {str(folder)!r} names a bad file {name!r}")
-    return folder / name
+    return _store(folder).info(label)[1]
 
 
 def load_signal_set(folder: str | os.PathLike, label: str | None = None) -> dict[str, Any]:
@@ -327,39 +287,17 @@ def load_signal_set(folder: str | os.PathLike, label: str | None = None) -> dict
     ValueError
         If the files are broken.
     """
-    folder = Path(folder)
-    index = _read_index(folder)
-    label = _pick_label(index, folder, label)
-    path = _set_file(folder, index["sets"][label])
-    return decode_signals(storage.load_npz(path, "signal set file"), str(path))
+    store = _store(folder)
+    _, entry, arrays = store.load_arrays(label)
+    return decode_signals(arrays, str(store.set_path(entry)))
 
 
 def load_signal_sets(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Read every set of a store, ``{label: signals}`` (empty when none)."""
-    folder = Path(folder)
-    if not (folder / INDEX_FILE).exists():
+    store = _store(folder)
+    if not store.exists():
         return {}
-    return {label: load_signal_set(folder, label) for label in _read_index(folder)["sets"]}
-
-
-def _write_set(
-    folder: Path,
-    arrays: dict[str, np.ndarray],
-    label: str,
-    info: dict[str, Any],
-) -> None:
-    name = f"set_{uuid.uuid4().hex}.npz"
-    storage.atomic_save_npz(folder / name, compress=False, **arrays)
-    index = _read_index(folder)
-    old = index["sets"].pop(label, None)
-    index["sets"][label] = {**info, "file": name}
-    try:
-        storage.atomic_write_json(folder / INDEX_FILE, index)
-    except BaseException:
-        (folder / name).unlink(missing_ok=True)
-        raise
-    if old and old.get("file") and os.path.basename(old["file"]) != name:
-        (folder / os.path.basename(old["file"])).unlink(missing_ok=True)
+    return {label: load_signal_set(folder, label) for label in store.read_index()["sets"]}
 
 
 def save_signal_set(
@@ -386,12 +324,8 @@ def save_signal_set(
     str
         The label used.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     stamp = signals.get("timestamp") or _now()
     label = str(stamp) if label is None else str(label)
-    if not label:
-        raise ValueError("a signal set label cannot be empty")
     arrays = encode_signals(signals, parameters)
     meta = json.loads(str(arrays["meta"]))
     info = {
@@ -403,7 +337,7 @@ def save_signal_set(
         "parameters": meta["parameters"],
         "saved": _now(),
     }
-    _write_set(folder, arrays, label, info)
+    _store(folder).write(arrays, label, info, compress=False)
     return label
 
 
@@ -430,16 +364,12 @@ def update_signal_set(
     ValueError
         If an entry name is a core key or not a plain identifier.
     """
-    folder = Path(folder)
-    index = _read_index(folder)
-    label = _pick_label(index, folder, label)
     for key in entries:
         if key in CORE_KEYS or key == "parameters":
             raise ValueError(f"{key!r} is a core entry of a signal set and cannot be replaced")
-    info = index["sets"][label]
-    path = _set_file(folder, info)
-    arrays = storage.load_npz(path, "signal set file")
-    signals = decode_signals(arrays, str(path))
+    store = _store(folder)
+    label, info, arrays = store.load_arrays(label)
+    signals = decode_signals(arrays, str(store.set_path(info)))
     meta = json.loads(str(arrays["meta"]))
     for key, value in entries.items():
         if value is None:
@@ -448,22 +378,12 @@ def update_signal_set(
             signals[key] = value
     new_arrays = encode_signals(signals, meta.get("parameters"))
     new_meta = json.loads(str(new_arrays["meta"]))
-    _write_set(folder, new_arrays, label, {**info, "entries": sorted(new_meta["extra"])})
+    store.write(new_arrays, label, {**info, "entries": sorted(new_meta["extra"])}, compress=False)
 
 
 def delete_signal_set(folder: str | os.PathLike, label: str) -> bool:
     """Remove a set; returns False (silently) when there is no such set."""
-    folder = Path(folder)
-    if not (folder / INDEX_FILE).exists():
-        return False
-    index = _read_index(folder)
-    info = index["sets"].pop(label, None)
-    if info is None:
-        return False
-    storage.atomic_write_json(folder / INDEX_FILE, index)
-    if info.get("file"):
-        (folder / os.path.basename(info["file"])).unlink(missing_ok=True)
-    return True
+    return _store(folder).delete(label)
 
 
 # ---------------------------------------------------------------------------------------
