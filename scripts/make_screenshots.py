@@ -177,6 +177,68 @@ def roi_manager_screenshot(outdir: Path) -> Path:
         viewer.close()
 
 
+def traces_screenshot(outdir: Path) -> Path:
+    """Open the demo, extract the true cells, save ``traces.png``.
+
+    The movie with the ROI outlines, the ROI × time raster under it, and the Traces
+    dock (bottom) plotting three selected cells with the frame cursor.
+
+    Parameters
+    ----------
+    outdir : Path
+        Folder for the PNG.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
+    from napari_sima._raster import show_raster
+    from napari_sima._sample_data import sample_movie
+    from napari_sima.core import ROI, ROIList
+
+    viewer = run_demo(block=False)
+    try:
+        viewer.window.resize(*DEMO_WINDOW_SIZE)
+        rois_widget = viewer.window.dock_widgets["ROIs (napari-sima)"]
+        traces = viewer.window.dock_widgets["Traces (napari-sima)"]
+        dataset = rois_widget.dataset
+        shape = dataset.frame_shape[:3]
+        cells = sample_movie().cells
+        rois = ROIList(
+            [ROI(mask=c.mask, label=f"cell-{i + 1}", im_shape=shape) for i, c in enumerate(cells)]
+        )
+        dataset.add_ROIs(rois, "true cells")
+        rois_widget.show_set("true cells")
+        rois_widget.set_color_by("roi")
+        dataset.extract(rois, label="true cells", save_summary=False)
+        traces.set_signals(dataset, "true cells", channel=0)
+        raster = show_raster(viewer, dataset, "true cells", channel=0, kind="raw")
+        for dock in viewer.window._qt_window.findChildren(QDockWidget):
+            name = getattr(dock, "name", dock.windowTitle())
+            if name.endswith("(napari-sima)"):
+                dock.setVisible(name in ("ROIs (napari-sima)", "Traces (napari-sima)"))
+        layer = viewer.layers["ROIs: true cells"]
+        for lay in viewer.layers:
+            lay.visible = lay is layer or lay is raster or lay.name == "calcium seq 0 [GCaMP]"
+        roi_col = layer.features["roi"].tolist()
+        layer.selected_data = {i for i, r in enumerate(roi_col) if int(r) in (1, 4, 8)}
+        rois_widget.set_draw_mode("select")
+        viewer.layers.selection.active = layer
+        viewer.dims.set_current_step(0, 57)
+        viewer.reset_view()
+        _process_events(1.5)
+        outdir.mkdir(parents=True, exist_ok=True)
+        path = outdir / "traces.png"
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        return path
+    finally:
+        viewer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write all screenshots; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -187,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         path = dataset_widget_screenshot(args.outdir)
         print(f"wrote {path}")
         path = roi_manager_screenshot(args.outdir)
+        print(f"wrote {path}")
+        path = traces_screenshot(args.outdir)
         print(f"wrote {path}")
     finally:
         if display is not None:

@@ -22,7 +22,14 @@ DEMO_SAMPLE_KEY = "calcium"
 DEMO_WIDGET_COMMANDS: list[str] = [
     "napari-sima.dataset_widget",
     "napari-sima.roi_widget",
+    "napari-sima.extract_widget",
+    "napari-sima.traces_widget",
 ]
+
+#: Dock areas of the widgets not docked in napari's default area (the right side).
+DEMO_WIDGET_AREAS: dict[str, str] = {
+    "napari-sima.traces_widget": "bottom",
+}
 
 #: Initial window size (width, height) in pixels.
 DEMO_WINDOW_SIZE = (1400, 900)
@@ -57,6 +64,41 @@ def widget_display_names(commands: list[str] | None = None) -> list[str]:
     return [by_command[c] for c in commands]
 
 
+def dock_plugin_widget(viewer: napari.Viewer, command: str, area: str = "right") -> object:
+    """Dock a widget of the manifest in a given area of the window.
+
+    ``add_plugin_dock_widget`` always uses napari's remembered or default (right)
+    area; this builds the widget from the manifest and docks it under the same name
+    (``'<display name> (napari-sima)'``), so napari's Plugins menu and
+    ``viewer.window.dock_widgets`` find it as usual.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer.
+    command : str
+        Widget command id, e.g. ``'napari-sima.traces_widget'``.
+    area : {'left', 'right', 'top', 'bottom'}
+        Dock area.
+
+    Returns
+    -------
+    QWidget
+        The widget.
+    """
+    from npe2 import PluginManager
+
+    manifest = PluginManager.instance().get_manifest(PLUGIN_NAME)
+    contribution = next(w for w in manifest.contributions.widgets or [] if w.command == command)
+    name = f"{contribution.display_name} ({PLUGIN_NAME})"
+    docked = viewer.window.dock_widgets
+    if name in docked:
+        return docked[name]
+    widget = contribution.get_callable()(viewer)
+    viewer.window.add_dock_widget(widget, name=name, area=area)
+    return widget
+
+
 def run_demo(block: bool = True) -> napari.Viewer:
     """Open napari with the sample dataset loaded and all napari-sima widgets docked.
 
@@ -79,8 +121,12 @@ def run_demo(block: bool = True) -> napari.Viewer:
     movie_layers = [layer for layer in viewer.layers if layer.visible]
     if movie_layers:
         viewer.layers.selection.active = movie_layers[0]
-    for name in widget_display_names():
-        viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name)
+    for command, name in zip(DEMO_WIDGET_COMMANDS, widget_display_names(), strict=True):
+        area = DEMO_WIDGET_AREAS.get(command)
+        if area is None:
+            viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name)
+        else:
+            dock_plugin_widget(viewer, command, area)
     viewer.dims.current_step = (0,) * viewer.dims.ndim
     if block:
         napari.run()

@@ -740,6 +740,23 @@ class ImagingDataset:
             save_summary=save_summary,
         )
 
+    def signal_labels(self, channel: int | str = 0) -> list[str]:
+        """Labels of a channel's stored signal sets, oldest first (by timestamp, then label).
+
+        A dataset folder's index is read without loading the sets themselves.
+        """
+        from . import signal_store
+
+        ch = self.resolve_channel(channel)
+        stamps: dict[str, str] | None = None
+        if self._savedir is not None:
+            folder = signal_store.store_dir(self._savedir, ch)
+            if (folder / signal_store.INDEX_FILE).exists():
+                stamps = signal_store.signal_set_timestamps(folder)
+        if stamps is None:
+            stamps = {k: str(v.get("timestamp") or "") for k, v in self.signals(ch).items()}
+        return sorted(stamps, key=lambda k: (str(stamps[k] or ""), k))
+
     def signals(self, channel: int | str = 0) -> dict[str, dict[str, Any]]:
         """Stored signal sets of a channel, ``{label: signals}`` (empty when none).
 
