@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_read_example_roiset(examples):
     assert len(data) == 2 and kwargs["name"] == "imageJ_ROIs"
     assert kwargs["features"]["label"].tolist() == EXAMPLE_LABELS
     meta = kwargs["metadata"]["napari_sima"]
-    assert meta["source"] == str(path.resolve())
+    assert os.path.samefile(meta["source"], path)
     assert [len(d) for d in data] == [66, 50] or all(len(d) >= 3 for d in data)
     # vertices are the file's, in napari coordinates
     ij = roifile.roiread(str(path))
