@@ -827,6 +827,43 @@ class ImagingDataset:
             signals = signal_store.dataset_signal_set(self._savedir, ch, signals_label)
         signal_store.export_signals(signals, path, fmt=fmt)
 
+    # -- spikes -------------------------------------------------------------------------------
+    def infer_spikes(
+        self,
+        channel: int | str = 0,
+        label: str | None = None,
+        gamma: Any = None,
+        share_gamma: bool = True,
+        mode: str = "correct",
+        verbose: bool = False,
+        solver: str = "oasis",
+        progress: Any = None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:
+        """Infer spikes of a stored signal set (default: the most recent) and store them.
+
+        Returns ``(spikes, fits, parameters)``: per sequence, ``(n_rois, n_frames)``
+        arrays and ``{'gamma', 'sigma', 'baseline', 'spike_scale'}`` lists over ROIs;
+        they are also stored with the signal set as ``spikes``, ``spikes_fits`` and
+        ``spikes_params``.
+
+        See Also
+        --------
+        napari_sima.core.spikes.infer_spikes : parameters, model and solvers.
+        """
+        from .spikes import infer_spikes
+
+        return infer_spikes(
+            self,
+            channel=channel,
+            label=label,
+            gamma=gamma,
+            share_gamma=share_gamma,
+            mode=mode,
+            verbose=verbose,
+            solver=solver,
+            progress=progress,
+        )
+
     # -- exports ------------------------------------------------------------------------------
     def export_averages(
         self,
