@@ -63,6 +63,17 @@ CONTRAST_PERCENTILES = (1.0, 99.8)
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
 
+def unwrap(obj: Any) -> Any:
+    """Return the object behind napari's ``PublicOnlyProxy`` (or ``obj`` itself).
+
+    napari hands plugin widgets a proxied viewer, and the proxy also wraps our own
+    objects reached through it (datasets, layers); widgets compare them by identity with
+    the real objects napari's events carry, so they unwrap them.  Nothing private is
+    accessed through the unwrapped object.
+    """
+    return getattr(obj, "__wrapped__", obj)
+
+
 def sima_metadata(layer_or_metadata: Any) -> dict[str, Any] | None:
     """Return our metadata of a layer, or None for a layer we did not create.
 

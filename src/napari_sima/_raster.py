@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._layers import METADATA_KEY, LayerDataTuple, sima_metadata
+from ._layers import METADATA_KEY, LayerDataTuple, sima_metadata, unwrap
 
 if TYPE_CHECKING:
     import napari
@@ -270,10 +270,6 @@ def roi_text(roi: Any, index: int) -> str:
 # ---------------------------------------------------------------------------------------
 # Shapes <-> signal rows
 # ---------------------------------------------------------------------------------------
-def _unwrap(obj: Any) -> Any:
-    """Return the object behind napari's ``PublicOnlyProxy`` (plugin widgets get one)."""
-    return getattr(obj, "__wrapped__", obj)
-
 
 def _missing(value: Any) -> bool:
     if value is None:
@@ -455,7 +451,7 @@ def find_rois_layer(viewer: napari.Viewer, dataset: ImagingDataset | None = None
     Candidates are ROIs layers (see :func:`is_rois_layer`); ones of ``dataset`` and
     visible ones are preferred, then the topmost.
     """
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     active = viewer.layers.selection.active
     if active is not None and is_rois_layer(active):
         return active
@@ -572,7 +568,7 @@ def reference_movie_layer(
     Movie layers of ``dataset`` (then of any dataset) are preferred, then the one of
     ``sequence``, then visible ones, then the lowest in the layer list.
     """
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     movies = []
     for layer in viewer.layers:
         meta = sima_metadata(layer)
@@ -636,7 +632,7 @@ def find_raster_layer(
     kind: str = "raw",
 ) -> Image | None:
     """Return the raster layer of a signal set and kind, if the viewer has one."""
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     for layer in viewer.layers:
         meta = sima_metadata(layer)
         if (
@@ -697,7 +693,7 @@ def show_raster(
     ValueError
         For a bad kind or sequence.
     """
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     _check_kind(kind)
     ch = dataset.resolve_channel(channel)
     if signals is None:
@@ -824,7 +820,7 @@ def select_from_raster(
     :func:`find_rois_layer`.  Returns the selected shape indices (empty when the
     position is off the raster or the ROI has no shape).
     """
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     row = roi_index_at(layer, position)
     if row is None:
         return []
@@ -849,7 +845,7 @@ def jump_to_raster_frame(
 
     Returns the frame (None off the raster or without a time axis).
     """
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     cell = frame_at(layer, position)
     axis = time_axis(viewer)
     if cell is None or axis is None:
@@ -910,7 +906,7 @@ def _moved_far(press: np.ndarray, event: Any, pixels: float = 4.0) -> bool:
 
 def install_raster_callbacks(viewer: napari.Viewer, layer: Layer) -> RasterMouseHandler:
     """Install (once) the click / double-click callbacks of a raster layer."""
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     for cb in list(layer.mouse_drag_callbacks):
         handler = getattr(cb, "__self__", None)
         if isinstance(handler, RasterMouseHandler) and handler.viewer is viewer:
@@ -926,7 +922,7 @@ def install_raster_callbacks(viewer: napari.Viewer, layer: Layer) -> RasterMouse
 # ---------------------------------------------------------------------------------------
 def time_axis(viewer: napari.Viewer) -> int | None:
     """Index of the viewer's time axis: the one labelled ``'t'`` (None when absent)."""
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     labels = list(viewer.dims.axis_labels)
     return labels.index("t") if "t" in labels else None
 
@@ -949,7 +945,7 @@ def viewer_frame(viewer: napari.Viewer, reference: Layer | None = None) -> int |
     Without a reference layer the slider's step is the frame.  None when the viewer
     has no time axis.
     """
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     axis = time_axis(viewer)
     if axis is None:
         return None
@@ -961,7 +957,7 @@ def viewer_frame(viewer: napari.Viewer, reference: Layer | None = None) -> int |
 
 def set_viewer_frame(viewer: napari.Viewer, frame: int, reference: Layer | None = None) -> bool:
     """Move the time slider to ``frame`` of ``reference`` (or to step ``frame``)."""
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     axis = time_axis(viewer)
     if axis is None:
         return False

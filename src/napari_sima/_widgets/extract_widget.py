@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import sima_metadata
+from .._layers import sima_metadata, unwrap
+from ._common import blocked, datasets_in_layers, fill_dataset_combo
 
 if TYPE_CHECKING:
     from napari.layers import Shapes
@@ -85,14 +86,6 @@ NO_DEMIX = "none"
 #: Prefix of the ROI-source entries that are Shapes layers.
 LAYER_PREFIX = "layer: "
 
-
-def _unwrap(obj: Any) -> Any:
-    """Return the object behind napari's ``PublicOnlyProxy`` (plugin widgets get proxies).
-
-    Datasets and layers are compared by identity with the real objects, and the core
-    works on the real dataset; nothing private is accessed through the unwrapped object.
-    """
-    return getattr(obj, "__wrapped__", obj)
 
 
 def _message(err: BaseException) -> str:
@@ -498,32 +491,10 @@ class ExtractWidget(QWidget):
     # -- datasets and sources -------------------------------------------------------------
     def refresh_datasets(self) -> None:
         """Rebuild the dataset box from the viewer's layers (and the current dataset)."""
-        found: list[tuple[str, ImagingDataset]] = []
-        seen: set[int] = set()
-        for layer in self._layers():
-            meta = sima_metadata(layer)
-            ds = _unwrap(meta.get("dataset")) if meta is not None else None
-            if ds is None or id(ds) in seen or not hasattr(ds, "iter_extract"):
-                continue
-            seen.add(id(ds))
-            found.append((str(meta.get("base_name") or layer.name), ds))
-        if self.dataset is not None and id(self.dataset) not in seen:
-            found.append((self._name_of(self.dataset), self.dataset))
-        self._datasets = found
-        with _blocked(self.dataset_combo):
-            self.dataset_combo.clear()
-            counts: dict[str, int] = {}
-            for name, ds in found:
-                counts[name] = counts.get(name, 0) + 1
-                shown = name if counts[name] == 1 else f"{name} ({counts[name]})"
-                self.dataset_combo.addItem(shown)
-                self.dataset_combo.setItemData(
-                    self.dataset_combo.count() - 1,
-                    str(ds.savedir or "in memory"),
-                    Qt.ItemDataRole.ToolTipRole,
-                )
-            index = next((k for k, (_, ds) in enumerate(found) if ds is self.dataset), -1)
-            self.dataset_combo.setCurrentIndex(index)
+        name = self._name_of(self.dataset) if self.dataset is not None else "dataset"
+        found = datasets_in_layers(self._layers(), self.dataset, name)
+        self._datasets = [(n, ds) for n, ds in found if hasattr(ds, "iter_extract")]
+        fill_dataset_combo(self.dataset_combo, self._datasets, self.dataset)
 
     def set_dataset(self, dataset: ImagingDataset | None) -> bool:
         """Extract from ``dataset`` (None clears the widget).
@@ -538,7 +509,7 @@ class ExtractWidget(QWidget):
         bool
             True on success (False while an extraction is running).
         """
-        dataset = _unwrap(dataset)
+        dataset = unwrap(dataset)
         if self.is_running and dataset is not self.dataset:
             show_warning("An extraction is running: cancel it before choosing another dataset.")
             self.refresh_datasets()
@@ -569,7 +540,7 @@ class ExtractWidget(QWidget):
             for layer in self.roi_layers():
                 sources.append(("layer", layer, f"{LAYER_PREFIX}{layer.name}"))
         self._roi_sources = sources
-        with _blocked(self.roi_combo):
+        with blocked(self.roi_combo):
             self.roi_combo.clear()
             for kind, _, text in sources:
                 self.roi_combo.addItem(text)
@@ -602,7 +573,7 @@ class ExtractWidget(QWidget):
                 continue
             if not isinstance(layer, napari.layers.Shapes):
                 continue
-            owner = _unwrap(meta.get("dataset"))
+            owner = unwrap(meta.get("dataset"))
             if owner is None or owner is self.dataset:
                 out.append(layer)
         return out
@@ -623,7 +594,7 @@ class ExtractWidget(QWidget):
             True if found.
         """
         self.refresh_roi_sources()
-        target = _unwrap(name)
+        target = unwrap(name)
         for matcher in (
             lambda kind, key, text: kind == "layer" and key is target,
             lambda kind, key, text: kind == "set" and key == target,
@@ -666,7 +637,7 @@ class ExtractWidget(QWidget):
                 labels = signal_set_labels(self.dataset, self.channel)
             except USER_ERRORS as err:
                 show_error(f"Cannot read the dataset's signal sets: {_message(err)}")
-        with _blocked(self.signals_combo):
+        with blocked(self.signals_combo):
             self.signals_combo.clear()
             self.signals_combo.addItems(labels)
             for wanted in (current, self.last_label):
@@ -899,7 +870,7 @@ class ExtractWidget(QWidget):
         self.last_outcome = outcome
         ds = job.dataset
         if ds is self.dataset and self.channel != outcome.channel:
-            with _blocked(self.channel_combo):
+            with blocked(self.channel_combo):
                 self.channel_combo.setCurrentIndex(outcome.channel)
         if ds is self.dataset:
             self.refresh_signal_sets()
@@ -925,7 +896,7 @@ class ExtractWidget(QWidget):
 
     # -- helpers --------------------------------------------------------------------------
     def _layers(self) -> list[Any]:
-        return [_unwrap(layer) for layer in self.viewer.layers]
+        return [unwrap(layer) for layer in self.viewer.layers]
 
     def _name_of(self, dataset: ImagingDataset | None) -> str:
         if dataset is None:
@@ -943,9 +914,9 @@ class ExtractWidget(QWidget):
         return os.getcwd()
 
     def _adopt_initial_dataset(self) -> None:
-        active = _unwrap(self.viewer.layers.selection.active)
+        active = unwrap(self.viewer.layers.selection.active)
         meta = sima_metadata(active) if active is not None else None
-        ds = _unwrap(meta.get("dataset")) if meta is not None else None
+        ds = unwrap(meta.get("dataset")) if meta is not None else None
         if ds is not None:
             self.set_dataset(ds)
         elif self._datasets:
@@ -953,11 +924,11 @@ class ExtractWidget(QWidget):
 
     def _fill_channels(self) -> None:
         names = list(self.dataset.channel_names) if self.dataset is not None else []
-        with _blocked(self.channel_combo):
+        with blocked(self.channel_combo):
             self.channel_combo.clear()
             self.channel_combo.addItems(names)
             self.channel_combo.setCurrentIndex(0 if names else -1)
-        with _blocked(self.demix_combo):
+        with blocked(self.demix_combo):
             self.demix_combo.clear()
             self.demix_combo.addItem(NO_DEMIX)
             self.demix_combo.addItems(names)
@@ -965,7 +936,7 @@ class ExtractWidget(QWidget):
 
     def _default_roi_source(self, sources: list[tuple[str, Any, str]]) -> int:
         """Index of the active ROI layer if offered, else of the newest stored set."""
-        active = _unwrap(self.viewer.layers.selection.active)
+        active = unwrap(self.viewer.layers.selection.active)
         for k, (kind, key, _) in enumerate(sources):
             if kind == "layer" and key is active:
                 return k
@@ -1031,7 +1002,7 @@ class ExtractWidget(QWidget):
 
     def _show(self, dataset: ImagingDataset, label: str, channel: int) -> bool:
         """Hand a stored set to the Traces dock (if docked) and the raster layer."""
-        viewer = _unwrap(self.viewer)
+        viewer = unwrap(self.viewer)
         shown = False
         try:
             from .traces_widget import find_traces_widget
@@ -1109,14 +1080,6 @@ class _RefreshingComboBox(QComboBox):
         self._refresh()
         super().showPopup()
 
-
-@contextlib.contextmanager
-def _blocked(widget: QWidget) -> Iterator[None]:
-    old = widget.blockSignals(True)
-    try:
-        yield
-    finally:
-        widget.blockSignals(old)
 
 
 __all__ = ["ExtractWidget", "signal_set_labels", "store_signal_entries"]

@@ -37,7 +37,7 @@ import napari
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -60,7 +60,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import METADATA_KEY, projection_layer_data, sima_metadata, source_name
+from .._layers import METADATA_KEY, projection_layer_data, sima_metadata, source_name, unwrap
+from ._common import blocked, datasets_in_layers, fill_dataset_combo
 from .._roi_convert import (
     FEATURE_COLUMNS,
     FLAG_TAGS,
@@ -511,32 +512,9 @@ class ROIManagerWidget(QWidget):
     # -- datasets and sets ----------------------------------------------------------------
     def refresh_datasets(self) -> None:
         """Rebuild the dataset box from the viewer's layers (and the current dataset)."""
-        found: list[tuple[str, ImagingDataset]] = []
-        seen: set[int] = set()
-        for layer in self.viewer.layers:
-            meta = sima_metadata(layer)
-            ds = meta.get("dataset") if meta is not None else None
-            if ds is None or id(ds) in seen:
-                continue
-            seen.add(id(ds))
-            found.append((str(meta.get("base_name") or layer.name), ds))
-        if self.dataset is not None and id(self.dataset) not in seen:
-            found.append((self.dataset_name or "dataset", self.dataset))
+        found = datasets_in_layers(self.viewer.layers, self.dataset, self.dataset_name or "dataset")
         self._datasets = found
-        with _blocked(self.dataset_combo):
-            self.dataset_combo.clear()
-            names: dict[str, int] = {}
-            for name, ds in found:
-                names[name] = names.get(name, 0) + 1
-                shown = name if names[name] == 1 else f"{name} ({names[name]})"
-                self.dataset_combo.addItem(shown)
-                self.dataset_combo.setItemData(
-                    self.dataset_combo.count() - 1,
-                    str(ds.savedir or "in memory"),
-                    Qt.ItemDataRole.ToolTipRole,
-                )
-            index = next((k for k, (_, ds) in enumerate(found) if ds is self.dataset), -1)
-            self.dataset_combo.setCurrentIndex(index)
+        fill_dataset_combo(self.dataset_combo, found, self.dataset)
 
     def set_dataset(self, dataset: ImagingDataset | None, name: str | None = None) -> bool:
         """Work on another dataset and show its most recent ROI set.
@@ -1048,7 +1026,7 @@ class ROIManagerWidget(QWidget):
             show_error(f"Colour mode must be one of {COLOR_MODES}, got {mode!r}.")
             return
         self._color_by = mode
-        with _blocked(self.color_combo):
+        with blocked(self.color_combo):
             self.color_combo.setCurrentIndex(COLOR_MODES.index(mode))
         self._recolor()
 
@@ -1403,7 +1381,7 @@ class ROIManagerWidget(QWidget):
             kwargs.pop("edge_color", None)
             kwargs.pop("face_color", None)
         with self._quiet():
-            layer = _unwrap(
+            layer = unwrap(
                 self.viewer.add_shapes(
                     **kwargs, name=self._layer_name(label), edge_width=EDGE_WIDTH
                 )
@@ -1778,7 +1756,7 @@ class ROIManagerWidget(QWidget):
         labels = list(self._set_timestamps)
         if self.current_set is not None and self.current_set not in labels:
             labels.insert(0, self.current_set)  # restored / not yet saved
-        with _blocked(self.set_combo):
+        with blocked(self.set_combo):
             self.set_combo.clear()
             for label in labels:
                 text = label if label in self._set_timestamps else f"{label} (unsaved)"
@@ -1852,7 +1830,7 @@ class ROIManagerWidget(QWidget):
         return os.getcwd()
 
     def _adopt_initial_dataset(self) -> None:
-        active = _unwrap(self.viewer.layers.selection.active)
+        active = unwrap(self.viewer.layers.selection.active)
         meta = sima_metadata(active) if active is not None else None
         if meta is not None and meta.get("dataset") is not None:
             self.set_dataset(meta["dataset"], meta.get("base_name"))
@@ -1873,14 +1851,6 @@ class ROIManagerWidget(QWidget):
 # ---------------------------------------------------------------------------------------
 # Module helpers
 # ---------------------------------------------------------------------------------------
-def _unwrap(obj: Any) -> Any:
-    """Return the object behind napari's ``PublicOnlyProxy`` (plugin widgets get proxies).
-
-    Layers are compared by identity with those napari's events carry, which are not
-    proxied; nothing private is accessed through the unwrapped object.
-    """
-    return getattr(obj, "__wrapped__", obj)
-
 
 def _missing(value: Any) -> bool:
     if value is None:
@@ -1908,14 +1878,6 @@ def _row_tags(df: Any, i: int) -> set[str]:
         tags.add(REJECTED)
     return tags
 
-
-@contextlib.contextmanager
-def _blocked(widget: QWidget) -> Iterator[None]:
-    old = widget.blockSignals(True)
-    try:
-        yield
-    finally:
-        widget.blockSignals(old)
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import napari
@@ -59,7 +59,8 @@ from qtpy.QtWidgets import (
 )
 
 from .. import _raster as rs
-from .._layers import sima_metadata
+from .._layers import sima_metadata, unwrap
+from ._common import blocked
 from .._roi_convert import ROI_PALETTE
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def find_traces_widget(viewer: napari.Viewer) -> TracesWidget | None:
     TracesWidget or None
         The docked Traces widget; else any live Traces widget made for this viewer.
     """
-    viewer = _unwrap(viewer)
+    viewer = unwrap(viewer)
     with contextlib.suppress(Exception):
         for widget in viewer.window.dock_widgets.values():
             if isinstance(widget, TracesWidget) and not widget._closed:
@@ -188,7 +189,7 @@ class TracesWidget(QWidget):
         super().__init__(parent)
         # napari hands docked plugin widgets a PublicOnlyProxy; we keep the viewer behind
         # it (layers are compared by identity with those napari's events carry)
-        self.viewer = _unwrap(viewer)
+        self.viewer = unwrap(viewer)
         self.dataset: ImagingDataset | None = None
         self.label: str | None = None
         self.channel: int = 0
@@ -381,7 +382,7 @@ class TracesWidget(QWidget):
             found.insert(0, (self.dataset, self.label, self.channel))
             names.insert(0, self.label)
         self._sets = found
-        with _blocked(self.set_combo):
+        with blocked(self.set_combo):
             self.set_combo.clear()
             self.set_combo.addItems(names)
             self.set_combo.setCurrentIndex(self._current_set_index())
@@ -440,7 +441,7 @@ class TracesWidget(QWidget):
         self._explicit = None
         self._dff_rows.clear()
         self._update_sequence_combo()
-        with _blocked(self.set_combo):
+        with blocked(self.set_combo):
             self.set_combo.setCurrentIndex(-1)
         self._update_rows()
 
@@ -450,7 +451,7 @@ class TracesWidget(QWidget):
             show_error(f"Unknown signal kind {kind!r}; choose from {rs.SIGNAL_KINDS}.")
             return False
         self.kind = kind
-        with _blocked(self.kind_combo):
+        with blocked(self.kind_combo):
             self.kind_combo.setCurrentIndex(rs.SIGNAL_KINDS.index(kind))
         self.plot_item.setLabel("left", Y_LABELS[kind])
         if kind == "dff":
@@ -464,7 +465,7 @@ class TracesWidget(QWidget):
         if self.signals is None or not 0 <= int(index) < self.num_sequences:
             return False
         self.sequence = int(index)
-        with _blocked(self.sequence_combo):
+        with blocked(self.sequence_combo):
             self.sequence_combo.setCurrentIndex(self.sequence)
         self._reference_valid = False
         self._reset_x_range()
@@ -738,7 +739,7 @@ class TracesWidget(QWidget):
 
     def _update_sequence_combo(self) -> None:
         n = self.num_sequences
-        with _blocked(self.sequence_combo):
+        with blocked(self.sequence_combo):
             self.sequence_combo.clear()
             self.sequence_combo.addItems([str(i) for i in range(n)])
             self.sequence_combo.setCurrentIndex(self.sequence if n else -1)
@@ -971,10 +972,6 @@ class TracesWidget(QWidget):
         self.plot_item.setTitle(self._title, color=fg, size="9pt")
 
 
-def _unwrap(obj: Any) -> Any:
-    """Return the object behind napari's ``PublicOnlyProxy`` (or ``obj`` itself)."""
-    return getattr(obj, "__wrapped__", obj)
-
 
 def _escape(text: str) -> str:
     import html
@@ -987,12 +984,3 @@ def _err_text(err: BaseException) -> str:
     if isinstance(err, KeyError) and len(err.args) == 1:
         text = str(err.args[0])
     return text
-
-
-@contextlib.contextmanager
-def _blocked(widget: QWidget) -> Iterator[None]:
-    old = widget.blockSignals(True)
-    try:
-        yield
-    finally:
-        widget.blockSignals(old)

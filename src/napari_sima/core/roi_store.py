@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from ._setstore import INDEX_FILE, SetStore, most_recent_label
+from ._setstore import SetStore, most_recent_label
 from .roi import ROI, ROIList
 
 STORE_FORMAT = "napari-sima roi sets"

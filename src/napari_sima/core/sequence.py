@@ -24,13 +24,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from . import _indexing as ix
 from ._dimorder import check_dim_order, read_mapped, shape_5d
 from ._indexing import Region, TimeIndex
+
+if TYPE_CHECKING:
+    from .lazy import LazyChannelArray
 
 #: Registry of sequence kinds by the name stored in dataset files.
 _KINDS: dict[str, type[Sequence]] = {}

@@ -1,0 +1,67 @@
+"""Small helpers shared by our dock widgets (dataset pickers, signal blocking)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QWidget
+
+from .._layers import sima_metadata, unwrap
+
+
+@contextlib.contextmanager
+def blocked(widget: QWidget) -> Iterator[None]:
+    """Block a widget's Qt signals inside the ``with`` block."""
+    old = widget.blockSignals(True)
+    try:
+        yield
+    finally:
+        widget.blockSignals(old)
+
+
+def datasets_in_layers(layers: Iterable[Any], current: Any = None, current_name: str = "dataset") -> list[tuple[str, Any]]:
+    """Return ``(name, dataset)`` for each distinct dataset behind the layers.
+
+    Parameters
+    ----------
+    layers : iterable of napari layers
+        The viewer's layers (proxied or not).
+    current : ImagingDataset, optional
+        A dataset to keep in the list even when no layer shows it.
+    current_name : str
+        Its name in that case.
+
+    Returns
+    -------
+    list of (str, ImagingDataset)
+        In layer order; datasets are unwrapped from napari's proxies.
+    """
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    for layer in layers:
+        meta = sima_metadata(layer)
+        ds = unwrap(meta.get("dataset")) if meta is not None else None
+        if ds is None or id(ds) in seen or not hasattr(ds, "frame_shape"):
+            continue
+        seen.add(id(ds))
+        found.append((str(meta.get("base_name") or layer.name), ds))
+    if current is not None and id(current) not in seen:
+        found.append((current_name, current))
+    return found
+
+
+def fill_dataset_combo(combo: QComboBox, found: list[tuple[str, Any]], current: Any) -> None:
+    """Show ``found`` datasets in a combo box (duplicate names numbered) and select ``current``."""
+    with blocked(combo):
+        combo.clear()
+        counts: dict[str, int] = {}
+        for name, ds in found:
+            counts[name] = counts.get(name, 0) + 1
+            combo.addItem(name if counts[name] == 1 else f"{name} ({counts[name]})")
+            combo.setItemData(
+                combo.count() - 1, str(ds.savedir or "in memory"), Qt.ItemDataRole.ToolTipRole
+            )
+        combo.setCurrentIndex(next((k for k, (_, ds) in enumerate(found) if ds is current), -1))
