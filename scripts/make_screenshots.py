@@ -133,19 +133,14 @@ def roi_manager_screenshot(outdir: Path) -> Path:
     import numpy as np
 
     from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
-    from napari_sima._sample_data import sample_movie
-    from napari_sima.core import ROI, ROIList
+    from napari_sima._sample_data import sample_true_rois
 
     viewer = run_demo(block=False)
     try:
         viewer.window.resize(*DEMO_WINDOW_SIZE)
         widget = viewer.window.dock_widgets["ROIs (napari-sima)"]
         dataset = widget.dataset
-        shape = dataset.frame_shape[:3]
-        cells = sample_movie().cells
-        rois = ROIList(
-            [ROI(mask=c.mask, label=f"cell-{i + 1}", im_shape=shape) for i, c in enumerate(cells)]
-        )
+        rois = sample_true_rois()
         for k in (0, 2, 3, 5, 7, 8):
             rois[k].tags = {"accepted"}
         for k in (4, 10):
@@ -197,8 +192,7 @@ def traces_screenshot(outdir: Path) -> Path:
 
     from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
     from napari_sima._raster import show_raster
-    from napari_sima._sample_data import sample_movie
-    from napari_sima.core import ROI, ROIList
+    from napari_sima._sample_data import sample_true_rois
 
     viewer = run_demo(block=False)
     try:
@@ -206,11 +200,7 @@ def traces_screenshot(outdir: Path) -> Path:
         rois_widget = viewer.window.dock_widgets["ROIs (napari-sima)"]
         traces = viewer.window.dock_widgets["Traces (napari-sima)"]
         dataset = rois_widget.dataset
-        shape = dataset.frame_shape[:3]
-        cells = sample_movie().cells
-        rois = ROIList(
-            [ROI(mask=c.mask, label=f"cell-{i + 1}", im_shape=shape) for i, c in enumerate(cells)]
-        )
+        rois = sample_true_rois()
         dataset.add_ROIs(rois, "true cells")
         rois_widget.show_set("true cells")
         rois_widget.set_color_by("roi")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ._layers import LayerDataTuple, dataset_layer_data
 
 if TYPE_CHECKING:
-    from .core import ImagingDataset
+    from .core import ImagingDataset, ROIList
     from .core.synthetic import SyntheticMovie
 
 #: Name stem of the sample layers.
@@ -79,6 +79,33 @@ def sample_dataset(movie: SyntheticMovie | None = None) -> ImagingDataset:
     movie = sample_movie() if movie is None else movie
     sequences = [Sequence.create("ndarray", array, "tzyxc") for array in movie.sequences]
     return ImagingDataset(sequences, None, channel_names=list(SAMPLE_CHANNELS))
+
+
+def sample_true_rois(movie: SyntheticMovie | None = None, start: int = 1) -> ROIList:
+    """Return the sample's true cells as ROIs (labels ``cell-<start>``, ``cell-<start+1>``...).
+
+    Parameters
+    ----------
+    movie : SyntheticMovie, optional
+        A movie from :func:`sample_movie` (default: generate it).
+    start : int
+        Number in the first ROI's label.
+
+    Returns
+    -------
+    ROIList
+        One boolean-mask ROI per cell, sized to the sample's ``(z, y, x)``.
+    """
+    from .core import ROI, ROIList
+
+    movie = sample_movie() if movie is None else movie
+    shape = movie.frame_shape[:3]
+    return ROIList(
+        [
+            ROI(mask=cell.mask, label=f"cell-{i + start}", im_shape=shape)
+            for i, cell in enumerate(movie.cells)
+        ]
+    )
 
 
 def make_sample_data() -> list[LayerDataTuple]:

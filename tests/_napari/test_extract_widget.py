@@ -12,6 +12,7 @@ import pytest
 
 from napari_sima._layers import METADATA_KEY, sima_metadata
 from napari_sima._roi_convert import rois_to_shapes
+from napari_sima._sample_data import sample_true_rois
 from napari_sima.core import ROI, ImagingDataset, ROIList
 
 WAIT_MS = 60_000
@@ -27,12 +28,7 @@ def movie():
 
 
 def truth_rois(movie) -> ROIList:
-    return ROIList(
-        [
-            ROI(mask=cell.mask, label=f"cell-{i}", im_shape=SAMPLE_SHAPE)
-            for i, cell in enumerate(movie.cells)
-        ]
-    )
+    return sample_true_rois(movie, start=0)
 
 
 def open_sample_dataset(viewer) -> ImagingDataset:

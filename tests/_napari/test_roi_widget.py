@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_sima._layers import dataset_layer_data
+from napari_sima._sample_data import sample_true_rois
 from napari_sima.core import ROI, ImagingDataset, ROIList, Sequence
 
 SAMPLE_SHAPE = (1, 128, 128)
@@ -34,13 +35,7 @@ def sample_ds(movie, tmp_path):
 
     ds = sample_dataset(movie)
     ds.save(tmp_path / "sample.sima")
-    rois = ROIList(
-        [
-            ROI(mask=cell.mask, label=f"cell-{i}", im_shape=SAMPLE_SHAPE)
-            for i, cell in enumerate(movie.cells)
-        ]
-    )
-    ds.add_ROIs(rois, "truth")
+    ds.add_ROIs(sample_true_rois(movie, start=0), "truth")
     return ds
 
 
