@@ -12,8 +12,9 @@ This module turns a stored signal set (see
   world position (testable without a mouse);
 * :func:`match_rois` — map the shapes of a ROIs Shapes layer to rows of a signal set
   (by ROI index, else by id / label);
-* :func:`signal_arrays` / :func:`store_dff` — raw or ΔF/F traces per sequence, ΔF/F
-  computed once with :func:`napari_sima.core.dff` and stored with the set.
+* :func:`signal_arrays` / :func:`store_dff` — raw or ΔF/F traces (or the inferred
+  spikes, :func:`has_spikes`) per sequence, ΔF/F computed once with
+  :func:`napari_sima.core.dff` and stored with the set.
 
 Nothing here builds a Qt widget; the functions touch a viewer only where their name
 says so.
@@ -36,7 +37,7 @@ boundaries are in ``metadata['napari_sima']['sequence_starts']``); an index show
 
 **Metadata** of the raster layer, ``metadata['napari_sima']``: ``kind`` (``'raster'``,
 the layer kind, as in :mod:`napari_sima._layers`), ``dataset``, ``label`` (the signal
-set), ``channel``, ``signal_kind`` (``'raw'`` or ``'dff'``), ``sequence`` (index or
+set), ``channel``, ``signal_kind`` (``'raw'``, ``'dff'`` or ``'spikes'``), ``sequence`` (index or
 None), ``sequence_starts``, ``roi_labels`` (display names), ``roi_raw_labels`` and
 ``roi_ids`` (for matching a click to shapes without reloading the set).  It has no
 ``base_name`` (so the Dataset dock does not rename it like a movie layer).
@@ -68,8 +69,11 @@ if TYPE_CHECKING:
 #: Signal kinds: the extracted signals, or their ΔF/F.
 SIGNAL_KINDS = ("raw", "dff")
 
+#: Kinds a raster can show: the signal kinds, and the inferred spikes (when stored).
+RASTER_KINDS = (*SIGNAL_KINDS, "spikes")
+
 #: How the kinds are written in layer names and titles.
-KIND_TITLES = {"raw": "raw", "dff": "dF/F"}
+KIND_TITLES = {"raw": "raw", "dff": "dF/F", "spikes": "spikes"}
 
 #: ΔF/F parameters used when a set has no stored ΔF/F (see :func:`napari_sima.core.dff`).
 DFF_PARAMETERS: dict[str, Any] = {"baseline": "percentile", "window": 500, "percentile": 8.0}
@@ -79,6 +83,14 @@ RASTER_AXIS_LABELS = ("roi", "frame")
 
 #: Colormap of a raster layer.
 RASTER_COLORMAP = "viridis"
+
+#: Colormap of a spikes raster (sparse events: bright ticks on black).
+SPIKES_COLORMAP = "gray"
+
+#: Contrast limits of a spikes raster.  The spikes are normalised to each trace's
+#: largest, so a spike half as large as its trace's largest, or more, is white, and
+#: the tiny amounts a noisy fit leaves between events stay dark.
+SPIKES_CONTRAST = (0.0, 0.5)
 
 #: Percentiles of the finite values used as contrast limits.
 RASTER_PERCENTILES = (1.0, 99.0)
@@ -99,8 +111,8 @@ def raster_name(label: str, kind: str = "raw") -> str:
 
 
 def _check_kind(kind: str) -> str:
-    if kind not in SIGNAL_KINDS:
-        raise ValueError(f"unknown signal kind {kind!r}; expected one of {SIGNAL_KINDS}")
+    if kind not in RASTER_KINDS:
+        raise ValueError(f"unknown signal kind {kind!r}; expected one of {RASTER_KINDS}")
     return kind
 
 
@@ -165,6 +177,22 @@ def has_dff(signals: Mapping[str, Any]) -> bool:
     return all(np.shape(d) == np.shape(r) for d, r in zip(dff, raw, strict=True))
 
 
+def has_spikes(signals: Mapping[str, Any]) -> bool:
+    """Whether a signal set holds inferred spikes and fits of the right layout.
+
+    See :meth:`napari_sima.core.ImagingDataset.infer_spikes` (entries ``spikes`` and
+    ``spikes_fits``, one ``(n_rois, n_frames)`` array per sequence).
+    """
+    raw = signals.get("raw") or []
+    for key in ("spikes", "spikes_fits"):
+        value = signals.get(key)
+        if not isinstance(value, (list, tuple)) or len(value) != len(raw) or not raw:
+            return False
+        if not all(np.shape(v) == np.shape(r) for v, r in zip(value, raw, strict=True)):
+            return False
+    return True
+
+
 def compute_dff_rows(signals: Mapping[str, Any], sequence: int, rows: Sequence[int]) -> np.ndarray:
     """ΔF/F of some rows of one sequence with :data:`DFF_PARAMETERS` (not cached).
 
@@ -195,16 +223,28 @@ def signal_arrays(signals: dict[str, Any], kind: str = "raw") -> list[np.ndarray
         A signal set.  For ``kind='dff'`` without a stored ``dff``, ΔF/F is computed
         with :data:`DFF_PARAMETERS` and cached in the dict (``signals['dff']``,
         ``signals['dff_parameters']``); :func:`store_dff` saves it with the dataset.
-    kind : {'raw', 'dff'}
-        Which traces.
+    kind : {'raw', 'dff', 'spikes'}
+        Which traces; ``'spikes'`` needs inferred spikes in the set.
 
     Returns
     -------
     list of numpy.ndarray
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, or ``'spikes'`` when the set has none.
     """
     _check_kind(kind)
     if kind == "raw":
         return [np.asarray(r) for r in signals.get("raw") or []]
+    if kind == "spikes":
+        if not has_spikes(signals):
+            raise ValueError(
+                "the signal set has no inferred spikes (run the Infer spikes dock, or "
+                "ImagingDataset.infer_spikes, first)"
+            )
+        return [np.asarray(s) for s in signals["spikes"]]
     if not has_dff(signals):
         signals["dff"] = compute_dff(signals)
         signals["dff_parameters"] = dict(DFF_PARAMETERS)
@@ -498,8 +538,8 @@ def signals_to_raster(
     signals : dict
         A signal set (``raw`` per sequence; ``dff`` computed and cached when missing
         and ``kind='dff'``).
-    kind : {'raw', 'dff'}
-        Which traces.
+    kind : {'raw', 'dff', 'spikes'}
+        Which traces (``'spikes'``: the inferred spikes stored with the set).
     sequence : int, optional
         One sequence; default: all sequences concatenated along time.
     dataset, label, channel : optional
@@ -510,13 +550,16 @@ def signals_to_raster(
     (data, kwargs, 'image')
         ``data`` is float32 ``(n_rois, n_frames)``, rows in the set's ROI order;
         ``kwargs`` has ``name``, ``colormap``, ``contrast_limits`` (1st-99th
-        percentile of the finite values), ``axis_labels`` ``('roi', 'frame')``,
+        percentile of the finite values; for spikes :data:`SPIKES_CONTRAST`, with
+        :data:`SPIKES_COLORMAP`),
+        ``axis_labels`` ``('roi', 'frame')``,
         ``interpolation2d='nearest'`` and ``metadata`` (see the module notes).
 
     Raises
     ------
     ValueError
-        For an unknown kind, a set without signals, or a bad sequence index.
+        For an unknown kind, a set without signals (or spikes, for ``'spikes'``), or
+        a bad sequence index.
     """
     _check_kind(kind)
     arrays = signal_arrays(signals, kind)
@@ -549,10 +592,14 @@ def signals_to_raster(
             (r.get("id") if isinstance(r, Mapping) else getattr(r, "id", None)) for r in rois
         ],
     }
+    if kind == "spikes":
+        colormap, limits = SPIKES_COLORMAP, SPIKES_CONTRAST
+    else:
+        colormap, limits = RASTER_COLORMAP, _finite_limits(data, RASTER_PERCENTILES)
     kwargs = {
         "name": raster_name(name_label, kind),
-        "colormap": RASTER_COLORMAP,
-        "contrast_limits": _finite_limits(data, RASTER_PERCENTILES),
+        "colormap": colormap,
+        "contrast_limits": limits,
         "axis_labels": RASTER_AXIS_LABELS,
         "interpolation2d": "nearest",
         "metadata": {METADATA_KEY: meta},
@@ -670,8 +717,9 @@ def show_raster(
         The signal set.
     channel : int or str
         Its channel.
-    kind : {'raw', 'dff'}
-        Raw signals or ΔF/F (computed and stored with the set when missing).
+    kind : {'raw', 'dff', 'spikes'}
+        Raw signals, ΔF/F (computed and stored with the set when missing) or the
+        inferred spikes (a ValueError when the set has none).
     sequence : int, optional
         One sequence (default: all, concatenated along time).
     signals : dict, optional
@@ -682,7 +730,7 @@ def show_raster(
     Returns
     -------
     napari.layers.Image
-        The layer named ``'raster: <label> [raw]'`` (or ``[dF/F]``), placed under the
+        The layer named ``'raster: <label> [raw]'`` (or ``[dF/F]``, ``[spikes]``), placed under the
         movie (see the module notes), with the click callbacks installed.  The
         previously active layer stays active.
 

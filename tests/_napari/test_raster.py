@@ -98,7 +98,9 @@ def test_signals_to_raster(scene):
     with pytest.raises(ValueError, match="sequence"):
         rs.signals_to_raster(signals, sequence=2)
     with pytest.raises(ValueError, match="kind"):
-        rs.signals_to_raster(signals, kind="spikes")
+        rs.signals_to_raster(signals, kind="bogus")
+    with pytest.raises(ValueError, match="no inferred spikes"):
+        rs.signals_to_raster(signals, kind="spikes")  # none inferred yet
 
 
 def test_dff_raster_is_computed_and_cached(scene):
@@ -251,3 +253,28 @@ def test_dff_stored_on_disk(viewer, movie, tmp_path):
     assert rs.has_dff(stored)
     assert stored["dff_parameters"] == rs.DFF_PARAMETERS
     assert rs.signal_set_labels(again, 0) == ["disk"]
+
+
+@pytest.mark.filterwarnings("ignore:sigma estimate:RuntimeWarning")
+def test_spikes_raster_layer(scene, viewer):
+    assert not rs.has_spikes(scene.ds.signals(0)["truth"])
+    with pytest.raises(ValueError, match="no inferred spikes"):
+        rs.show_raster(viewer, scene.ds, "truth", kind="spikes")
+    spikes, _, _ = scene.ds.infer_spikes(label="truth")
+    assert rs.has_spikes(scene.ds.signals(0)["truth"])
+    raw = rs.show_raster(viewer, scene.ds, "truth", kind="raw")
+    layer = rs.show_raster(viewer, scene.ds, "truth", kind="spikes")
+    assert layer is not raw  # its own layer, at the same place under the movie
+    assert layer.name == "raster: truth [spikes]"
+    np.testing.assert_allclose(layer.data, np.concatenate(spikes, axis=1), rtol=1e-6)
+    assert tuple(layer.scale) == tuple(raw.scale)
+    assert tuple(layer.translate) == tuple(raw.translate)
+    assert layer.colormap.name == rs.SPIKES_COLORMAP
+    assert tuple(layer.contrast_limits) == pytest.approx(rs.SPIKES_CONTRAST)
+    assert sima_metadata(layer)["signal_kind"] == "spikes"
+    assert rs.find_raster_layer(viewer, scene.ds, "truth", 0, "spikes") is layer
+    # rows still select ROIs
+    assert rs.roi_index_at(layer, world_of(layer, 7, 12)) == 7
+    assert rs.select_from_raster(viewer, layer, world_of(layer, 7, 12)) == sorted(
+        shapes_of(scene.layer, [7])
+    )

@@ -394,3 +394,82 @@ def test_demo_docks_traces_at_the_bottom(make_napari_viewer):
     assert dock_plugin_widget(viewer, "napari-sima.traces_widget", "bottom") is widget
     _, again = viewer.window.add_plugin_dock_widget("napari-sima", "Traces")
     assert again is widget
+
+
+# --------------------------------------------------------------------------- spikes
+@pytest.mark.filterwarnings("ignore:sigma estimate:RuntimeWarning")
+def test_fit_and_spikes_of_the_selected_rois(scene, make_traces, viewer):
+    from qtpy.QtCore import Qt
+
+    from napari_sima._raster import raster_name
+    from napari_sima._widgets.traces_widget import SPIKE_STEM_HEIGHT
+
+    spikes, fits, _ = scene.ds.infer_spikes(label="truth")
+    traces = make_traces()
+    assert traces.has_spikes
+    assert traces.fit_check.isEnabled() and traces.spikes_check.isEnabled()
+    rows = [0, 3, 5]
+    scene.layer.selected_data = shapes_of(scene.layer, rows)
+    # fits: dashed, in the trace's colour, over the raw traces
+    assert len(traces.curves) == len(traces.fit_curves) == 3
+    for row, fit, curve in zip(rows, traces.fit_curves, traces.curves, strict=True):
+        np.testing.assert_array_equal(fit.yData, fits[0][row])
+        pen = fit.opts["pen"]
+        assert pen.style() == Qt.PenStyle.DashLine
+        assert pen.color().getRgb()[:3] == curve.opts["pen"].color().getRgb()[:3]
+    assert "raw + fit" in traces.title
+    # spikes: one lane per ROI, top to bottom, stems as tall as the normalised spikes
+    assert traces.spikes_plot_widget.isVisible()
+    assert len(traces.spike_curves) == 3
+    for k, (row, stem) in enumerate(zip(rows, traces.spike_curves, strict=True)):
+        lane = 2 - k
+        x, y = np.asarray(stem.xData), np.asarray(stem.yData)
+        np.testing.assert_array_equal(x[1::3], np.arange(200))
+        np.testing.assert_array_equal(y[0::3], lane)
+        np.testing.assert_array_equal(y[2::3], lane)
+        np.testing.assert_allclose(y[1::3] - lane, SPIKE_STEM_HEIGHT * spikes[0][row], atol=1e-12)
+        assert stem.opts["pen"].color() == traces.curves[k].opts["pen"].color()
+    # one time axis: the cursors of both plots follow the slider and move it
+    viewer.dims.set_current_step(0, 42)
+    assert traces.cursor.value() == 42 and traces.spikes_cursor.value() == 42
+    traces.spikes_cursor.setValue(77.2)
+    assert viewer.dims.current_step[0] == 77 and traces.cursor.value() == 77
+    traces.view_box.setXRange(10, 60, padding=0)
+    assert traces.spikes_view_box.viewRange()[0] == pytest.approx([10, 60])
+    # toggles
+    traces.fit_check.setChecked(False)
+    assert traces.fit_curves == [] and len(traces.curves) == 3
+    traces.spikes_check.setChecked(False)
+    assert traces.spike_curves == [] and not traces.spikes_plot_widget.isVisible()
+    traces.set_spike_display(fit=True, spikes=True)
+    assert traces.fit_check.isChecked() and traces.spikes_check.isChecked()
+    assert len(traces.fit_curves) == len(traces.spike_curves) == 3
+    # ΔF/F: the spikes stay, the fits (raw units) go, and the title says why
+    traces.set_kind("dff")
+    assert traces.fit_curves == [] and len(traces.spike_curves) == 3
+    assert "fits are drawn over raw signals only" in traces.title
+    traces.set_kind("raw")
+    traces.set_sequence(1)
+    np.testing.assert_array_equal(traces.fit_curves[0].yData, fits[1][0])
+    # the Raster menu switches the raster to spikes
+    traces.raster_actions["spikes"].trigger()
+    layer = viewer.layers[raster_name("truth", "spikes")]
+    np.testing.assert_allclose(layer.data, np.concatenate(spikes, axis=1), rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:sigma estimate:RuntimeWarning")
+def test_set_without_spikes_then_inferred(traces, scene):
+    scene.layer.selected_data = shapes_of(scene.layer, [1])
+    assert not traces.has_spikes
+    assert not traces.fit_check.isEnabled() and not traces.spikes_check.isEnabled()
+    assert "Infer spikes dock" in traces.spikes_check.toolTip()
+    assert not traces.raster_actions["spikes"].isEnabled()
+    assert traces.fit_curves == [] and traces.spike_curves == []
+    assert not traces.spikes_plot_widget.isVisible()
+    assert len(traces.curves) == 1
+    scene.ds.infer_spikes(label="truth")  # from a script: ⟳ reloads the set shown
+    traces.refresh_button.click()
+    assert traces.label == "truth" and traces.rows == [1]
+    assert len(traces.fit_curves) == len(traces.spike_curves) == 1
+    assert traces.raster_actions["spikes"].isEnabled()
+    assert traces.spikes_plot_widget.isVisible()

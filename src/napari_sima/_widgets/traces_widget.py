@@ -5,20 +5,30 @@ ROIs selected in the ROIs Shapes layer — raw signals or ΔF/F, one sequence at
 in the ROI outline colours — with a vertical cursor at the time slider's frame.
 Clicking or dragging on the plot, or dragging the cursor, moves the time slider.  The
 "Raster" button shows all traces of the set as an ROI × time image layer (see
-:mod:`napari_sima._raster`).
+:mod:`napari_sima._raster`); its menu picks raw signals, ΔF/F or spikes.
+
+When the set holds inferred spikes (the Infer spikes dock,
+:meth:`~napari_sima.core.ImagingDataset.infer_spikes`), the fit is drawn over each raw
+trace (a dashed line in the trace's colour) and the spikes as stems in a small plot
+row under the traces, one lane per plotted ROI, top to bottom in legend order, each
+stem as tall as the spike relative to that trace's largest.  The "Fit" and "Spikes"
+check boxes toggle them.  The fit is in the units of the raw signals, so it is not
+drawn over ΔF/F.
 
 Public methods (``set_signals``, ``clear_signals``, ``refresh_sets``, ``set_kind``,
-``set_sequence``, ``set_shapes_layer``, ``set_selection``, ``set_frame``,
-``show_raster``, ``redraw``) let scripts, tests and other docks drive it; the Extract
-dock calls :meth:`TracesWidget.set_signals` after an extraction, finding the dock with
-:func:`find_traces_widget`.
+``set_spike_display``, ``set_sequence``, ``set_shapes_layer``, ``set_selection``,
+``set_frame``, ``show_raster``, ``redraw``) let scripts, tests and other docks drive
+it; the Extract and Infer spikes docks call :meth:`TracesWidget.set_signals` after
+they store a set, finding the dock with :func:`find_traces_widget`.
 
 Notes
 -----
-**Speed.**  The plot keeps at most :data:`MAX_TRACES` curve items, each with peak
-downsampling and clip-to-view, and reuses them; a frame change moves only the cursor.
-Nothing is drawn while the dock is hidden (a tab behind another, a closed dock): the
-work is done when it is shown again.
+**Speed.**  The plot keeps at most :data:`MAX_TRACES` curve items (and as many fit
+curves and spike-stem curves), each with peak downsampling and clip-to-view, and
+reuses them; a frame change moves only the cursors.  Spike stems are one curve per
+lane (three points per frame: lane, lane + spike, lane), so peak downsampling keeps
+every stem's top at any zoom.  Nothing is drawn while the dock is hidden (a tab behind
+another, a closed dock): the work is done when it is shown again.
 
 **Matching ROIs to signals.**  Selected shapes → their ``roi`` feature → signal rows,
 by index when the layer shows the ROIs the set was extracted from, else by ROI id or
@@ -29,10 +39,11 @@ ROIs are not in the set.
 once (:func:`napari_sima.core.dff`, :data:`napari_sima._raster.DFF_PARAMETERS`) and
 the whole set is computed (in a worker thread for large sets) and stored with it.
 
-**Time.**  The cursor shows the frame of the time slider (the viewer axis labelled
-``'t'``), converted through the movie layer's time scale/translate; with several
-sequences the plotted sequence is chosen in the dock (initially the sequence of the
-visible movie layer).
+**Time.**  The cursor (in the traces plot and the spikes row, whose frame axes are
+linked) shows the frame of the time slider (the viewer axis labelled ``'t'``),
+converted through the movie layer's time scale/translate; with several sequences the
+plotted sequence is chosen in the dock (initially the sequence of the visible movie
+layer).
 """
 
 from __future__ import annotations
@@ -49,19 +60,22 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QPushButton,
     QSizePolicy,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from .. import _raster as rs
 from .._layers import sima_metadata, unwrap
-from ._common import blocked
 from .._roi_convert import ROI_PALETTE
+from ._common import blocked
 
 if TYPE_CHECKING:
     from napari.layers import Image, Layer, Shapes
@@ -82,6 +96,18 @@ KIND_ITEMS = (("raw", "raw (F / mean F)"), ("dff", "ΔF/F"))
 
 #: y-axis labels by kind.
 Y_LABELS = {"raw": "F / mean F", "dff": "ΔF/F"}
+
+#: Entries of the Raster button's menu: (kind, text).
+RASTER_MENU_ITEMS = (("raw", "Raw signals"), ("dff", "ΔF/F"), ("spikes", "Spikes"))
+
+#: Height of the tallest spike stem (a spike equal to its trace's largest), in lanes.
+SPIKE_STEM_HEIGHT = 0.85
+
+#: Width in pixels of the left axes (equal, so the two plots' frames line up).
+LEFT_AXIS_WIDTH = 58
+
+#: Relative heights of the traces plot and the spikes row.
+PLOT_STRETCH = (2, 1)
 
 #: Errors from the core that are the user's to fix (shown in the dock).
 USER_ERRORS = (ValueError, OSError, KeyError, TypeError)
@@ -183,6 +209,8 @@ class TracesWidget(QWidget):
         The ROIs layer whose selection is plotted.
     rows : list of int
         Signal rows plotted (at most :data:`MAX_TRACES`).
+    show_fit, show_spikes : bool
+        Whether the fits and the spikes row are shown when the set has spikes.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
@@ -198,6 +226,8 @@ class TracesWidget(QWidget):
         self.sequence: int = 0
         self.shapes_layer: Shapes | None = None
         self.rows: list[int] = []
+        self.show_fit = True
+        self.show_spikes = True
         self._n_selected = 0
         self._unmatched = 0
         self._explicit: list[int] | None = None
@@ -208,6 +238,7 @@ class TracesWidget(QWidget):
         self._dff_rows: dict[tuple[int, int], np.ndarray] = {}
         self._dff_worker: Any = None
         self._x_cache: dict[int, np.ndarray] = {}
+        self._stem_x_cache: dict[int, np.ndarray] = {}
         self._sets: list[tuple[ImagingDataset, str, int]] = []
         self._title = ""
         self._fg = "#f0f1f2"
@@ -221,6 +252,7 @@ class TracesWidget(QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(self._create_controls())
         layout.addWidget(self._create_plot(), 1)
+        layout.setSpacing(2)
         self.names_label = QLabel("", self)
         self.names_label.setObjectName("names_label")
         self.names_label.setWordWrap(True)
@@ -250,7 +282,10 @@ class TracesWidget(QWidget):
         row.addWidget(self.set_combo, 1)
         self.refresh_button = QPushButton("⟳", self)
         self.refresh_button.setObjectName("refresh_button")
-        self.refresh_button.setToolTip("Look again for stored signal sets")
+        self.refresh_button.setToolTip(
+            "Look again for stored signal sets, and reload the one shown (e.g. for "
+            "spikes inferred from a script)"
+        )
         self.refresh_button.setFixedWidth(32)
         self.refresh_button.clicked.connect(self._on_refresh_clicked)
         row.addWidget(self.refresh_button)
@@ -272,17 +307,63 @@ class TracesWidget(QWidget):
         )
         self.kind_combo.currentIndexChanged.connect(self._on_kind_combo_changed)
         row.addWidget(self.kind_combo)
-        self.raster_button = QPushButton("Raster", self)
+        self.fit_check = QCheckBox("Fit", self)
+        self.fit_check.setObjectName("fit_check")
+        self.fit_check.setChecked(self.show_fit)
+        self.fit_check.toggled.connect(self._on_fit_toggled)
+        row.addWidget(self.fit_check)
+        self.spikes_check = QCheckBox("Spikes", self)
+        self.spikes_check.setObjectName("spikes_check")
+        self.spikes_check.setChecked(self.show_spikes)
+        self.spikes_check.toggled.connect(self._on_spikes_toggled)
+        row.addWidget(self.spikes_check)
+        self.raster_button = QToolButton(self)
+        self.raster_button.setText("Raster")
         self.raster_button.setObjectName("raster_button")
         self.raster_button.setToolTip(
-            "Show every ROI's trace as an ROI × time image layer under the movie; "
-            "click a row to select that ROI, double-click to also go to that frame"
+            "Show every ROI's trace as an ROI × time image layer under the movie "
+            "(the arrow: raw signals, ΔF/F or spikes); click a row to select that ROI, "
+            "double-click to also go to that frame"
         )
+        self.raster_button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         self.raster_button.clicked.connect(self._on_raster_clicked)
+        menu = QMenu(self.raster_button)
+        self.raster_actions: dict[str, Any] = {}
+        for kind, text in RASTER_MENU_ITEMS:
+            action = menu.addAction(text)
+            action.setObjectName(f"raster_{kind}_action")
+            action.triggered.connect(lambda checked=False, k=kind: self.show_raster(k))
+            self.raster_actions[kind] = action
+        self.raster_button.setMenu(menu)
+        # room for the text and the menu arrow (napari's style sizes neither)
+        text_width = self.raster_button.fontMetrics().horizontalAdvance("Raster")
+        self.raster_button.setMinimumWidth(text_width + 40)
         row.addWidget(self.raster_button)
+        self._update_spike_controls()
         return row
 
-    def _create_plot(self) -> pg.PlotWidget:
+    def _create_plot(self) -> QWidget:
+        container = QWidget(self)
+        column = QVBoxLayout(container)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self._create_traces_plot(), PLOT_STRETCH[0])
+        column.addWidget(self._create_spikes_plot(), PLOT_STRETCH[1])
+        return container
+
+    def _new_curve(self, plot_item: pg.PlotItem) -> pg.PlotDataItem:
+        """Return a hidden curve (peak downsampling, clip-to-view) added to ``plot_item``."""
+        item = pg.PlotDataItem(autoDownsampleFactor=AUTO_DOWNSAMPLE_FACTOR)
+        item._napari_sima_color = None  # type: ignore[attr-defined]
+        item.setVisible(False)
+        # added once and hidden when unused: removing a clip-to-view item from a
+        # PlotWidget makes pyqtgraph 0.14 raise in PlotDataItem.viewRangeChanged
+        plot_item.addItem(item)
+        item.setDownsampling(auto=True, method="peak")
+        item.setClipToView(True)
+        return item
+
+    def _create_traces_plot(self) -> pg.PlotWidget:
         self.view_box = _TraceViewBox(self._on_plot_frame)
         self.plot_widget = pg.PlotWidget(parent=self, viewBox=self.view_box)
         self.plot_widget.setObjectName("plot_widget")
@@ -298,22 +379,56 @@ class TracesWidget(QWidget):
         self.plot_item.setDownsampling(auto=True, mode="peak")
         self.plot_item.setClipToView(True)
         self.view_box.setAutoVisible(y=True)
-        self._items: list[pg.PlotDataItem] = []
-        for _ in range(MAX_TRACES):
-            item = pg.PlotDataItem(autoDownsampleFactor=AUTO_DOWNSAMPLE_FACTOR)
-            item._napari_sima_color = None  # type: ignore[attr-defined]
-            item.setVisible(False)
-            # added once and hidden when unused: removing a clip-to-view item from a
-            # PlotWidget makes pyqtgraph 0.14 raise in PlotDataItem.viewRangeChanged
-            self.plot_item.addItem(item)
-            item.setDownsampling(auto=True, method="peak")
-            item.setClipToView(True)
-            self._items.append(item)
+        self.plot_item.getAxis("left").setWidth(LEFT_AXIS_WIDTH)
+        self._items: list[pg.PlotDataItem] = [
+            self._new_curve(self.plot_item) for _ in range(MAX_TRACES)
+        ]
+        self._fit_items: list[pg.PlotDataItem] = [
+            self._new_curve(self.plot_item) for _ in range(MAX_TRACES)
+        ]
+        for item in self._fit_items:
+            item.setZValue(10)  # over the raw traces
         self.cursor = pg.InfiniteLine(pos=0, angle=90, movable=True)
         self.cursor.setZValue(100)
         self.cursor.sigPositionChanged.connect(self._on_cursor_moved)
         self.plot_item.addItem(self.cursor, ignoreBounds=True)
         return self.plot_widget
+
+    def _create_spikes_plot(self) -> pg.PlotWidget:
+        self.spikes_view_box = _TraceViewBox(self._on_plot_frame)
+        self.spikes_plot_widget = pg.PlotWidget(parent=self, viewBox=self.spikes_view_box)
+        self.spikes_plot_widget.setObjectName("spikes_plot_widget")
+        self.spikes_plot_widget.setToolTip(
+            "Inferred spikes of the plotted ROIs, one lane each (top: first in the "
+            "legend); a stem's height is the spike relative to that trace's largest. "
+            + HELP_TEXT
+        )
+        self.spikes_plot_widget.setSizePolicy(
+            QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding
+        )
+        self.spikes_plot_widget.setMinimumHeight(70)
+        self.spikes_plot_item: pg.PlotItem = self.spikes_plot_widget.getPlotItem()
+        self.spikes_plot_item.setMenuEnabled(False)
+        self.spikes_plot_item.setLabel("bottom", "frame")
+        self.spikes_plot_item.setLabel("left", "spikes")
+        left = self.spikes_plot_item.getAxis("left")
+        left.setWidth(LEFT_AXIS_WIDTH)
+        left.setStyle(showValues=False)
+        left.setTicks([[]])
+        self.spikes_plot_item.setDownsampling(auto=True, mode="peak")
+        self.spikes_plot_item.setClipToView(True)
+        self.spikes_plot_item.setXLink(self.plot_item)
+        self.spikes_view_box.setMouseEnabled(x=True, y=False)
+        self.spikes_view_box.enableAutoRange(axis="y", enable=False)
+        self._spike_items: list[pg.PlotDataItem] = [
+            self._new_curve(self.spikes_plot_item) for _ in range(MAX_TRACES)
+        ]
+        self.spikes_cursor = pg.InfiniteLine(pos=0, angle=90, movable=True)
+        self.spikes_cursor.setZValue(100)
+        self.spikes_cursor.sigPositionChanged.connect(self._on_spikes_cursor_moved)
+        self.spikes_plot_item.addItem(self.spikes_cursor, ignoreBounds=True)
+        self.spikes_plot_widget.setVisible(False)
+        return self.spikes_plot_widget
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
         """Return a wide, low size (the dock goes in the bottom area)."""
@@ -351,6 +466,31 @@ class TracesWidget(QWidget):
     def available_sets(self) -> list[tuple[ImagingDataset, str, int]]:
         """``(dataset, label, channel)`` of the signal sets offered in the dock."""
         return list(self._sets)
+
+    @property
+    def has_spikes(self) -> bool:
+        """Whether the signal set shown holds inferred spikes and fits."""
+        return self.signals is not None and rs.has_spikes(self.signals)
+
+    @property
+    def fits_shown(self) -> bool:
+        """Whether fits are drawn over the traces (spikes stored, Fit on, raw signals)."""
+        return self.show_fit and self.kind == "raw" and self.has_spikes
+
+    @property
+    def spikes_shown(self) -> bool:
+        """Whether the spikes row is shown (spikes stored and Spikes on)."""
+        return self.show_spikes and self.has_spikes
+
+    @property
+    def fit_curves(self) -> list[pg.PlotDataItem]:
+        """The fit curves on the plot, one per plotted row (in :attr:`rows` order)."""
+        return [item for item in self._fit_items[: len(self.rows)] if item.isVisible()]
+
+    @property
+    def spike_curves(self) -> list[pg.PlotDataItem]:
+        """The spike-stem curves of the spikes row, one per plotted row."""
+        return [item for item in self._spike_items[: len(self.rows)] if item.isVisible()]
 
     # -- public API -------------------------------------------------------------------------
     def refresh_sets(self) -> None:
@@ -460,6 +600,22 @@ class TracesWidget(QWidget):
         self._refresh_plot()
         return True
 
+    def set_spike_display(self, fit: bool | None = None, spikes: bool | None = None) -> None:
+        """Show or hide the fits and the spikes row (None leaves one unchanged).
+
+        They are drawn only when the set holds inferred spikes; the fits only over
+        raw signals.
+        """
+        if fit is not None:
+            self.show_fit = bool(fit)
+            with blocked(self.fit_check):
+                self.fit_check.setChecked(self.show_fit)
+        if spikes is not None:
+            self.show_spikes = bool(spikes)
+            with blocked(self.spikes_check):
+                self.spikes_check.setChecked(self.show_spikes)
+        self._refresh_plot()
+
     def set_sequence(self, index: int) -> bool:
         """Plot sequence ``index`` of the signal set."""
         if self.signals is None or not 0 <= int(index) < self.num_sequences:
@@ -512,7 +668,10 @@ class TracesWidget(QWidget):
         return rs.viewer_frame(self.viewer, self._reference_layer())
 
     def show_raster(self, kind: str | None = None) -> Image | None:
-        """Show the set as an ROI × time raster layer (all sequences; see :mod:`._raster`)."""
+        """Show the set as an ROI × time raster layer (all sequences; see :mod:`._raster`).
+
+        ``kind`` is ``'raw'``, ``'dff'`` or ``'spikes'`` (default: the plotted kind).
+        """
         if self.signals is None or self.dataset is None or self.label is None:
             show_info("No signal set to show: extract signals first.")
             return None
@@ -633,6 +792,11 @@ class TracesWidget(QWidget):
 
     def _on_refresh_clicked(self) -> None:
         self.refresh_sets()
+        shown = self.signals is not None and self.dataset is not None
+        if shown and self.label is not None and not self.set_signals(
+            self.dataset, self.label, self.channel
+        ):
+            self.clear_signals()
         if self.signals is None and self._sets:
             self.set_signals(*self._preferred_set())
 
@@ -648,6 +812,12 @@ class TracesWidget(QWidget):
     def _on_raster_clicked(self) -> None:
         self.show_raster()
 
+    def _on_fit_toggled(self, checked: bool) -> None:
+        self.set_spike_display(fit=checked)
+
+    def _on_spikes_toggled(self, checked: bool) -> None:
+        self.set_spike_display(spikes=checked)
+
     def _on_plot_frame(self, x: float) -> None:
         if self.num_frames:
             self.set_frame(int(round(float(x))))
@@ -656,6 +826,11 @@ class TracesWidget(QWidget):
         if self._syncing:
             return
         self._on_plot_frame(self.cursor.value())
+
+    def _on_spikes_cursor_moved(self, line: Any = None) -> None:
+        if self._syncing:
+            return
+        self._on_plot_frame(self.spikes_cursor.value())
 
     def _on_dff_returned(self, result: tuple[list[np.ndarray], bool]) -> None:
         arrays, stored = result
@@ -748,6 +923,21 @@ class TracesWidget(QWidget):
         self.sequence_label.setVisible(several)
         self.raster_button.setEnabled(self.signals is not None)
         self.kind_combo.setEnabled(self.signals is not None)
+        self._update_spike_controls()
+
+    def _update_spike_controls(self) -> None:
+        has = self.has_spikes
+        missing = "" if has else " — this set has no spikes: infer them in the Infer spikes dock"
+        self.fit_check.setEnabled(has)
+        self.fit_check.setToolTip(
+            "Draw the denoised fit (dashed) over each raw trace (not over ΔF/F, whose "
+            "units differ)" + missing
+        )
+        self.spikes_check.setEnabled(has)
+        self.spikes_check.setToolTip(
+            "Show the inferred spikes as stems in a row under the traces" + missing
+        )
+        self.raster_actions["spikes"].setEnabled(has)
 
     def _update_rows(self) -> None:
         """Work out the rows to plot from the selection, then draw (if shown)."""
@@ -877,18 +1067,72 @@ class TracesWidget(QWidget):
             elif item.isVisible():
                 item.setVisible(False)
                 item.setData([], [])
+        self._draw_spikes(rows, x)
         self.plot_item.setTitle(self._title, color=self._fg, size="9pt")
         self.names_label.setText(self._names_html(names))
+
+    def _stem_x(self, n: int) -> np.ndarray:
+        x = self._stem_x_cache.get(n)
+        if x is None:
+            x = self._stem_x_cache[n] = np.repeat(np.arange(n, dtype=np.float64), 3)
+        return x
+
+    def _draw_spikes(self, rows: list[int], x: np.ndarray | None) -> None:
+        """Draw the fits over the traces and the spike stems (or hide them)."""
+        fits_on, spikes_on = self.fits_shown and bool(rows), self.spikes_shown
+        seq = self.sequence
+        fits = np.asarray(self.signals["spikes_fits"][seq])[rows] if fits_on else None
+        spikes = None
+        if spikes_on and rows:
+            spikes = np.nan_to_num(np.asarray(self.signals["spikes"][seq], dtype=float)[rows])
+        n = len(rows)
+        for k, (fit_item, spike_item) in enumerate(
+            zip(self._fit_items, self._spike_items, strict=True)
+        ):
+            color = self._colors[k] if k < len(self._colors) else (1.0, 1.0, 1.0, 1.0)
+            rgb = [round(255 * c) for c in color]
+            if fits is not None and k < n:
+                if fit_item._napari_sima_color != color:  # type: ignore[attr-defined]
+                    fit_item.setPen(
+                        pg.mkPen(color=rgb, width=1.5, style=Qt.PenStyle.DashLine)
+                    )
+                    fit_item._napari_sima_color = color  # type: ignore[attr-defined]
+                fit_item.setData(x, fits[k])
+                fit_item.setVisible(True)
+            elif fit_item.isVisible():
+                fit_item.setVisible(False)
+                fit_item.setData([], [])
+            if spikes is not None and k < n:
+                if spike_item._napari_sima_color != color:  # type: ignore[attr-defined]
+                    spike_item.setPen(pg.mkPen(color=rgb, width=1))
+                    spike_item._napari_sima_color = color  # type: ignore[attr-defined]
+                lane = float(n - 1 - k)
+                y = np.full(3 * spikes.shape[1], lane)
+                y[1::3] += SPIKE_STEM_HEIGHT * np.clip(spikes[k], 0.0, 1.0)
+                spike_item.setData(self._stem_x(spikes.shape[1]), y)
+                spike_item.setVisible(True)
+            elif spike_item.isVisible():
+                spike_item.setVisible(False)
+                spike_item.setData([], [])
+        if spikes_on:
+            self.spikes_view_box.setYRange(-0.1, max(n, 1) - 0.05, padding=0)
+        if self.spikes_plot_widget.isVisibleTo(self) != spikes_on:
+            self.spikes_plot_widget.setVisible(spikes_on)
+            # one frame axis, under the lower plot
+            self.plot_item.showAxis("bottom", not spikes_on)
 
     def _draw_cursor(self) -> None:
         self._cursor_dirty = False
         frame = self.current_frame()
         show = frame is not None and self.signals is not None
         self.cursor.setVisible(show)
-        if show and float(self.cursor.value()) != float(frame):
+        self.spikes_cursor.setVisible(show)
+        if show:
             self._syncing = True
             try:
-                self.cursor.setValue(frame)
+                for line in (self.cursor, self.spikes_cursor):
+                    if float(line.value()) != float(frame):
+                        line.setValue(frame)
             finally:
                 self._syncing = False
 
@@ -913,7 +1157,7 @@ class TracesWidget(QWidget):
             if not self._sets:
                 return "No signals: extract signals from ROIs (Extract dock) first"
             return "No signal set chosen"
-        kind = rs.KIND_TITLES[self.kind]
+        kind = rs.KIND_TITLES[self.kind] + (" + fit" if self.fits_shown else "")
         seq = f", sequence {self.sequence}" if self.num_sequences > 1 else ""
         head = f"{self.label} ({kind}{seq})"
         if self._explicit is None and self.shapes_layer is None:
@@ -933,6 +1177,8 @@ class TracesWidget(QWidget):
             parts.append(f"{self._unmatched} selected ROI(s) not in this set")
         if self._explicit is None and self._match is not None and self._match.how == "label":
             parts.append("ROIs matched by id/label")
+        if self.show_fit and self.has_spikes and self.kind != "raw":
+            parts.append("fits are drawn over raw signals only")
         return " — ".join(parts)
 
     def _names_html(self, names: list[str]) -> str:
@@ -962,13 +1208,18 @@ class TracesWidget(QWidget):
         except Exception:  # noqa: BLE001 - an unknown theme must not break the dock
             bg, fg, accent = "#23242b", "#f0f1f2", "#4560c4"
         self._fg = fg
-        self.plot_widget.setBackground(bg)
-        for name in ("left", "bottom"):
-            axis = self.plot_item.getAxis(name)
-            axis.setPen(fg)
-            axis.setTextPen(fg)
-        self.cursor.setPen(pg.mkPen(fg, width=1.5))
-        self.cursor.setHoverPen(pg.mkPen(accent, width=3))
+        for widget, item in (
+            (self.plot_widget, self.plot_item),
+            (self.spikes_plot_widget, self.spikes_plot_item),
+        ):
+            widget.setBackground(bg)
+            for name in ("left", "bottom"):
+                axis = item.getAxis(name)
+                axis.setPen(fg)
+                axis.setTextPen(fg)
+        for line in (self.cursor, self.spikes_cursor):
+            line.setPen(pg.mkPen(fg, width=1.5))
+            line.setHoverPen(pg.mkPen(accent, width=3))
         self.plot_item.setTitle(self._title, color=fg, size="9pt")
 
 
