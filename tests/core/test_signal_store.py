@@ -137,6 +137,15 @@ def test_extra_entries(tmp_path):
     assert "fit_summary" not in back and back["spikes"][1].shape == (3, 6)
     np.testing.assert_array_equal(back["raw"][0], sig["raw"][0])
     assert signal_set_info(folder, "x")["entries"] == ["dff", "spikes", "spikes_params"]
+    _same_roi_dicts(back["rois"], sig["rois"])  # ROIs copied through untouched
+    # a list entry replaced by a shorter one (or a single array) leaves no stale parts
+    update_signal_set(folder, "x", dff=np.zeros((3, 4)))
+    back = load_signal_set(folder, "x")
+    assert back["dff"].shape == (3, 4)
+    arrays = np.load(next(folder.glob("*.npz")))
+    assert not [n for n in arrays.files if n.startswith("x_dff_")]
+    with pytest.raises(ValueError, match="identifier"):
+        update_signal_set(folder, "x", **{"bad key": 1})
     with pytest.raises(ValueError, match="core entry"):
         update_signal_set(folder, "x", raw=[])
     with pytest.raises(ValueError, match="identifier"):

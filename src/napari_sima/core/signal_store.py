@@ -369,16 +369,41 @@ def update_signal_set(
             raise ValueError(f"{key!r} is a core entry of a signal set and cannot be replaced")
     store = _store(folder)
     label, info, arrays = store.load_arrays(label)
-    signals = decode_signals(arrays, str(store.set_path(info)))
-    meta = json.loads(str(arrays["meta"]))
+    source = str(store.set_path(info))
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"the signal set {source!r} is incomplete or broken: {err}") from None
+    extras: dict[str, Any] = dict(meta.get("extra") or {})
+    # Only the extra entries change: the raw signals and ROIs are copied as stored
+    # (no decoding and re-encoding of thousands of ROIs for a spikes update).
+    new_arrays = dict(arrays)
     for key, value in entries.items():
+        if not _KEY_RE.match(key):
+            raise ValueError(f"signal entry name {key!r} must be a plain identifier")
+        for name in [n for n in new_arrays if n == f"x_{key}" or _is_entry_part(n, key)]:
+            del new_arrays[name]
+        extras.pop(key, None)
         if value is None:
-            signals.pop(key, None)
+            continue
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            new_arrays[f"x_{key}"] = value
+            extras[key] = {"kind": "array"}
+        elif _is_array_list(value):
+            for i, v in enumerate(value):
+                new_arrays[f"x_{key}_{i}"] = v
+            extras[key] = {"kind": "sequences", "n": len(value)}
         else:
-            signals[key] = value
-    new_arrays = encode_signals(signals, meta.get("parameters"))
-    new_meta = json.loads(str(new_arrays["meta"]))
-    store.write(new_arrays, label, {**info, "entries": sorted(new_meta["extra"])}, compress=False)
+            extras[key] = {"kind": "json", "value": _jsonable(value, f"signal entry {key!r}")}
+    meta["extra"] = extras
+    new_arrays["meta"] = np.asarray(json.dumps(meta))
+    store.write(new_arrays, label, {**info, "entries": sorted(extras)}, compress=False)
+
+
+def _is_entry_part(name: str, key: str) -> bool:
+    """Whether an array name is one sequence of the list entry ``key`` (``x_<key>_<i>``)."""
+    prefix = f"x_{key}_"
+    return name.startswith(prefix) and name[len(prefix):].isdigit()
 
 
 def delete_signal_set(folder: str | os.PathLike, label: str) -> bool:

@@ -740,7 +740,7 @@ def infer_spikes(
     Returns
     -------
     spikes, fits : list of numpy.ndarray
-        Per sequence, ``(n_rois, n_frames)`` (NaN for unobserved frames and ROIs
+        Per sequence, ``(n_rois, n_frames)`` float32 (NaN for unobserved frames and ROIs
         without a signal).
     parameters : list of dict
         Per sequence, ``{'gamma': [...], 'sigma': [...], 'baseline': [...],
@@ -757,14 +757,18 @@ def infer_spikes(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
     ch = dataset.resolve_channel(channel)
-    sets = dataset.signals(ch)
-    if not sets:
+    labels = dataset.signal_labels(ch)
+    if not labels:
         raise KeyError(f"no signals stored for channel {ch}")
     if label is None:
-        label = dataset.signal_labels(ch)[-1]
-    if label not in sets:
-        raise KeyError(f"no signal set {label!r} for channel {ch}; stored sets: {sorted(sets)}")
-    signals = sets[label]
+        label = labels[-1]
+    if label not in labels:
+        raise KeyError(f"no signal set {label!r} for channel {ch}; stored sets: {sorted(labels)}")
+    savedir = getattr(dataset, "savedir", None)
+    if savedir is None:
+        signals = signal_store.memory_store(dataset, ch)[label]
+    else:  # read only the set used, not every set of the channel
+        signals = signal_store.dataset_signal_set(savedir, ch, label)
     raw = [np.atleast_2d(np.asarray(r, dtype=float)) for r in signals["raw"]]
     n_rois = raw[0].shape[0]
     filled = [_fill_rows(r) for r in raw]
@@ -839,8 +843,11 @@ def infer_spikes(
         params_out.append(par)
 
     # -- storage -------------------------------------------------------------------------
+    # Returned and stored as float32 like the raw signals they come from (half the size
+    # on disk; the solver's precision is far finer than float32's).
+    spikes_out = [a.astype(np.float32) for a in spikes_out]
+    fits_out = [a.astype(np.float32) for a in fits_out]
     entries = {"spikes": spikes_out, "spikes_fits": fits_out, "spikes_params": params_out}
-    savedir = getattr(dataset, "savedir", None)
     if savedir is None:
         store = signal_store.memory_store(dataset, ch)
         store[label] = {**store[label], **entries}
