@@ -76,6 +76,14 @@ def _show_only_dock(viewer, title: str) -> None:
             dock.setVisible(name == title)
 
 
+def _close_notifications(viewer) -> None:
+    """Close the notification toasts on the canvas (the docks' status lines say it)."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+
+
 def dataset_widget_screenshot(outdir: Path) -> Path:
     """Open the demo, compute the projections and save ``dataset-widget.png``.
 
@@ -229,6 +237,236 @@ def traces_screenshot(outdir: Path) -> Path:
         viewer.close()
 
 
+def segment_screenshot(outdir: Path) -> Path:
+    """Open the demo, segment the sample with the default strategy, save ``segment.png``.
+
+    The Segment dock (right) after a run, with its parameter panel and steps, and the
+    ROIs it found (shown by the ROIs dock's layer) over the mean GCaMP image.
+
+    Parameters
+    ----------
+    outdir : Path
+        Folder for the PNG.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
+
+    viewer = run_demo(block=False)
+    try:
+        viewer.window.resize(*DEMO_WINDOW_SIZE)
+        segment = viewer.window.dock_widgets["Segment (napari-sima)"]
+        segment.run(replace=True)
+        _wait_until(lambda: not segment.is_running, timeout=600.0)
+        _show_only_dock(viewer, "Segment (napari-sima)")
+        _process_events(0.3)
+        viewer.window.resize(*DEMO_WINDOW_SIZE)
+        layer = viewer.layers[f"ROIs: {segment.last_label}"]
+        for lay in viewer.layers:
+            lay.visible = lay is layer or "mean [GCaMP]" in lay.name
+            if "mean [GCaMP]" in lay.name:
+                lay.colormap = "gray"
+        viewer.layers.selection.active = layer
+        viewer.dims.current_step = (0,) * viewer.dims.ndim
+        viewer.reset_view()
+        _close_notifications(viewer)
+        _process_events(1.5)
+        outdir.mkdir(parents=True, exist_ok=True)
+        path = outdir / "segment.png"
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        return path
+    finally:
+        viewer.close()
+
+
+def spikes_screenshot(outdir: Path) -> Path:
+    """Open the demo, extract the true cells, infer their spikes, save ``spikes.png``.
+
+    The Infer spikes dock (right) after a run, the spikes raster under the movie, and
+    the Traces dock (bottom) with three selected cells: raw traces, their fits
+    (dashed) and the spikes row.
+
+    Parameters
+    ----------
+    outdir : Path
+        Folder for the PNG.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
+    from napari_sima._sample_data import sample_true_rois
+
+    viewer = run_demo(block=False)
+    try:
+        viewer.window.resize(*DEMO_WINDOW_SIZE)
+        rois_widget = viewer.window.dock_widgets["ROIs (napari-sima)"]
+        spikes = viewer.window.dock_widgets["Infer spikes (napari-sima)"]
+        dataset = rois_widget.dataset
+        rois = sample_true_rois()
+        dataset.add_ROIs(rois, "true cells")
+        rois_widget.show_set("true cells")
+        rois_widget.set_color_by("roi")
+        dataset.extract(rois, label="true cells", save_summary=False)
+        spikes.refresh_signal_sets()
+        spikes.set_signal_set("true cells")
+        spikes.run()
+        _wait_until(lambda: not spikes.is_running)
+        qt_window = viewer.window._qt_window
+        traces_dock = None
+        for dock in qt_window.findChildren(QDockWidget):
+            name = getattr(dock, "name", dock.windowTitle())
+            if name.endswith("(napari-sima)"):
+                dock.setVisible(name in ("Infer spikes (napari-sima)", "Traces (napari-sima)"))
+            if name == "Traces (napari-sima)":
+                traces_dock = dock
+        # the run processed events with every dock shown, which grew the window: let
+        # the layout see the hidden docks, then shrink it back
+        _process_events(0.3)
+        viewer.window.resize(*DEMO_WINDOW_SIZE)
+        _process_events(0.3)
+        if traces_dock is not None:  # room for the traces and the spikes row
+            qt_window.resizeDocks([traces_dock], [360], Qt.Orientation.Vertical)
+            _process_events(0.3)
+        layer = viewer.layers["ROIs: true cells"]
+        raster = viewer.layers["raster: true cells [spikes]"]
+        for lay in viewer.layers:
+            lay.visible = lay is layer or lay is raster or lay.name == "calcium seq 0 [GCaMP]"
+        roi_col = layer.features["roi"].tolist()
+        layer.selected_data = {i for i, r in enumerate(roi_col) if int(r) in (1, 4, 8)}
+        rois_widget.set_draw_mode("select")
+        viewer.layers.selection.active = layer
+        viewer.dims.set_current_step(0, 57)
+        viewer.reset_view()
+        _close_notifications(viewer)
+        _process_events(1.5)
+        outdir.mkdir(parents=True, exist_ok=True)
+        path = outdir / "spikes.png"
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        return path
+    finally:
+        viewer.close()
+
+
+def sessions_screenshot(outdir: Path) -> Path:
+    """Open the demo with two more sessions of its field, align and register them.
+
+    Days 2 and 3 see the sample's field rotated and shifted (a few cells lost, one
+    new); the Sessions dock estimates both transforms onto the sample ("day 1"),
+    shows the three ROI sets in day 1's space coloured by session with their
+    registered ids, and ``sessions.png`` is saved.
+
+    Parameters
+    ----------
+    outdir : Path
+        Folder for the PNG.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    import numpy as np
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+    from skimage import transform as sk
+
+    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
+    from napari_sima._sample_data import SAMPLE_CHANNELS, sample_true_rois
+    from napari_sima.core import ROI, ImagingDataset, ROIList, Sequence
+
+    viewer = run_demo(block=False)
+    try:
+        viewer.window.resize(*DEMO_WINDOW_SIZE)
+        widget = viewer.window.dock_widgets["Sessions (napari-sima)"]
+        day1 = widget.sessions[0].dataset
+        cells = sample_true_rois()
+        for k in (3, 6):
+            cells[k].tags = {"PV"}
+        day1.add_ROIs(cells, "cells")
+        widget.set_roi_set(0, "cells")
+        mean = day1.time_averages[0]  # (y, x, c)
+        shape = mean.shape[:2]
+        rng = np.random.default_rng(5)
+        for day, (angle, shift, lost) in enumerate(
+            [(4.0, (5.0, -4.0), {2, 9}), (-3.0, (-6.0, 3.0), {5})], start=2
+        ):
+            tf = sk.SimilarityTransform(rotation=np.deg2rad(angle), translation=shift)
+            frames = []
+            for c in range(mean.shape[2]):
+                warped = sk.warp(mean[..., c], tf.inverse, order=1, preserve_range=True,
+                                 mode="edge")
+                frames.append(warped)
+            image = np.stack(frames, axis=-1)
+            movie = image[None, None] + rng.normal(0, 8, size=(6, 1, *image.shape))
+            seq = Sequence.create("ndarray", movie.clip(0).astype(np.uint16), "tzyxc")
+            ds = ImagingDataset([seq], None, channel_names=list(SAMPLE_CHANNELS))
+
+            def roi_tf(xy, tf=tf):
+                return tf(np.asarray(xy)[:, :2] - 0.5) + 0.5 + rng.normal(0, 0.3, 2)
+
+            kept = ROIList([r for k, r in enumerate(cells) if k not in lost])
+            moved = list(kept.transform([roi_tf], im_shape=(1, *shape)))
+            extra = np.array([[20.0, 100.0 + 4 * day, 0], [27, 98 + 4 * day, 0],
+                              [29, 105 + 4 * day, 0], [22, 108 + 4 * day, 0]])
+            moved.append(ROI(polygons=[extra], im_shape=(1, *shape)))
+            for k, roi in enumerate(moved):
+                roi.label = f"d{day}-{k}"
+            ds.add_ROIs(ROIList(moved), "cells")
+            widget.add_session(ds, name=f"day {day}")
+        for source in (1, 2):
+            widget.set_source(widget.sessions[source])
+            widget.set_method("similarity")
+            widget.estimate()
+            _wait_until(lambda: not widget.is_running)
+        widget.show_aligned()
+        widget.register_ids()
+        _wait_until(lambda: not widget.is_running)
+        widget.set_color_by("session")
+        widget.set_show_ids(True)
+        widget.set_checked_tags(["PV"])
+        _show_only_dock(viewer, "Sessions (napari-sima)")
+        # the runs processed events with every dock shown, which grew the window: let
+        # the layout see the hidden docks, then shrink it back and widen the dock
+        qt_window = viewer.window._qt_window
+        _process_events(0.3)
+        viewer.window.resize(*DEMO_WINDOW_SIZE)
+        _process_events(0.3)
+        for dock in qt_window.findChildren(QDockWidget):
+            if getattr(dock, "name", dock.windowTitle()) == "Sessions (napari-sima)":
+                qt_window.resizeDocks([dock], [480], Qt.Orientation.Horizontal)
+        _process_events(0.3)
+        for lay in viewer.layers:
+            lay.visible = lay is widget.align_layer or lay.name == "calcium mean [GCaMP]"
+            if lay.name == "calcium mean [GCaMP]":
+                lay.colormap = "gray"
+                lay.contrast_limits = (float(np.min(lay.data)), 1.3 * float(np.max(lay.data)))
+        layer = widget.align_layer
+        viewer.layers.selection.active = layer
+        # select the ROIs of one cell: the dock lists them
+        first = layer.features["id"].iloc[0]
+        layer.selected_data = {i for i, v in enumerate(layer.features["id"]) if v == first}
+        layer.mode = "select"
+        viewer.dims.current_step = (0,) * viewer.dims.ndim
+        viewer.reset_view()
+        _close_notifications(viewer)
+        _process_events(1.5)
+        outdir.mkdir(parents=True, exist_ok=True)
+        path = outdir / "sessions.png"
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        return path
+    finally:
+        viewer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write all screenshots; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -240,7 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
         path = roi_manager_screenshot(args.outdir)
         print(f"wrote {path}")
+        path = segment_screenshot(args.outdir)
+        print(f"wrote {path}")
         path = traces_screenshot(args.outdir)
+        print(f"wrote {path}")
+        path = spikes_screenshot(args.outdir)
+        print(f"wrote {path}")
+        path = sessions_screenshot(args.outdir)
         print(f"wrote {path}")
     finally:
         if display is not None:

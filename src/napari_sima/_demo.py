@@ -22,8 +22,11 @@ DEMO_SAMPLE_KEY = "calcium"
 DEMO_WIDGET_COMMANDS: list[str] = [
     "napari-sima.dataset_widget",
     "napari-sima.roi_widget",
+    "napari-sima.segment_widget",
     "napari-sima.extract_widget",
+    "napari-sima.spikes_widget",
     "napari-sima.traces_widget",
+    "napari-sima.sessions_widget",
 ]
 
 #: Dock areas of the widgets not docked in napari's default area (the right side).
