@@ -124,12 +124,17 @@ def run_demo(block: bool = True) -> napari.Viewer:
     movie_layers = [layer for layer in viewer.layers if layer.visible]
     if movie_layers:
         viewer.layers.selection.active = movie_layers[0]
+    first_right = None
     for command, name in zip(DEMO_WIDGET_COMMANDS, widget_display_names(), strict=True):
         area = DEMO_WIDGET_AREAS.get(command)
         if area is None:
-            viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name)
+            # Tabbed: stacked, seven docks would make the window taller than a screen.
+            dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name, tabify=True)
+            first_right = first_right or dock
         else:
             dock_plugin_widget(viewer, command, area)
+    if first_right is not None:
+        first_right.raise_()  # the Dataset dock's tab in front
     viewer.dims.current_step = (0,) * viewer.dims.ndim
     if block:
         napari.run()
