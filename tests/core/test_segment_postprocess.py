@@ -277,6 +277,15 @@ def test_circularity_known_answers():
     assert math.isnan(circularity(ROI(np.zeros((4, 4), bool))))
 
 
+def test_circularity_of_an_roi_in_pieces_counts_every_outline():
+    # four separate pixels: A = 4, P = 4 diamonds; SIMA (first outline only) gave 2 pi
+    pieces = np.zeros((20, 20), bool)
+    pieces[[2, 2, 10, 10], [2, 10, 2, 10]] = True
+    expected = 4 * math.pi * 4 / (4 * 4 * math.sqrt(0.5)) ** 2
+    assert circularity(ROI(pieces)) == pytest.approx(expected)
+    assert circularity(ROI(pieces)) < 0.5 < circularity(ROI(np.ones((1, 1), bool)))
+
+
 def test_circularity_of_weighted_and_multiplane_rois():
     weights = disc().astype(float) * 0.3  # a weighted mask: its nonzero pixels count
     assert circularity(ROI(weights)) == pytest.approx(circularity(ROI(disc())))

@@ -7,6 +7,8 @@ A dataset folder ``NAME.sima/`` holds:
     absolute path and by path relative to the folder);
 ``projections.npz``
     cached per-pixel mean / standard deviation / kurtosis over all frames;
+``opca_<channel>.npz``
+    cached offset principal components of a channel (used by segmentation);
 ``seq_<hex>.npy``, ``displacements_<hex>.npy``
     arrays that had no file of their own.
 
@@ -63,6 +65,7 @@ _OWN_PATTERNS = (
     "rois",
     "signals",
     "extractSummary_*",
+    "opca_*.npz",
 )
 
 
@@ -641,6 +644,118 @@ class ImagingDataset:
             self._memory_rois.pop(label, None)
             return
         delete_roi_set(self._roi_folder(), label)
+
+    def import_transformed_ROIs(  # noqa: N802 - SIMA's name
+        self,
+        source_dataset: ImagingDataset,
+        method: str = "affine",
+        source_channel: int | str = 0,
+        target_channel: int | str = 0,
+        source_label: str | None = None,
+        target_label: str | None = None,
+        anchor_label: str | None = None,
+        copy_properties: bool = True,
+        pre_processing_method: str | None = None,
+        pre_processing_kwargs: dict[str, Any] | None = None,
+        **method_kwargs: Any,
+    ) -> ROIList:
+        """Map another session's ROI set onto this dataset and store it here.
+
+        The transform comes from registering the two datasets' time averages (any of
+        'euclidean', 'similarity', 'affine', 'projective', 'polynomial',
+        'piecewise-affine'), or from anchor ROIs (``anchor_label``).  The ROIs keep
+        label, id and tags (``copy_properties``), are clipped to this frame (ROIs
+        left outside are dropped with a warning) and stored under ``target_label``
+        (default: the source set's label, or ``'<label>_<timestamp>'`` if taken).
+
+        Returns
+        -------
+        ROIList
+            The stored ROIs.
+
+        Raises
+        ------
+        napari_sima.core.transform.TransformError
+            If no transform can be estimated; nothing is imported.
+
+        See Also
+        --------
+        napari_sima.core.import_rois.import_transformed_ROIs : parameters in full.
+        napari_sima.core.import_rois.iter_transformed_ROIs : preview, with progress.
+        """
+        from .import_rois import import_transformed_ROIs
+
+        return import_transformed_ROIs(
+            self,
+            source_dataset,
+            method=method,
+            source_channel=source_channel,
+            target_channel=target_channel,
+            source_label=source_label,
+            target_label=target_label,
+            anchor_label=anchor_label,
+            copy_properties=copy_properties,
+            pre_processing_method=pre_processing_method,
+            pre_processing_kwargs=pre_processing_kwargs,
+            **method_kwargs,
+        )
+
+    # -- segmentation -------------------------------------------------------------------------
+    def iter_segment(
+        self, strategy: Any, label: str | None = None, planes: Any = None
+    ) -> Generator[Any, None, ROIList]:
+        """Segment and store the ROIs, as a generator yielding ``(fraction, message)``.
+
+        Same parameters and result (the generator's return value) as :meth:`segment`;
+        closing the generator cancels the work and stores nothing.
+
+        See Also
+        --------
+        napari_sima.core.segment.planewise.iter_segment_dataset
+        """
+        from .segment.planewise import iter_segment_dataset
+
+        return (yield from iter_segment_dataset(self, strategy, label=label, planes=planes))
+
+    def segment(
+        self,
+        strategy: Any,
+        label: str | None = None,
+        planes: Any = None,
+        progress: Any = None,
+    ) -> ROIList:
+        """Find ROIs automatically, store them as an ROI set and return them.
+
+        Parameters
+        ----------
+        strategy : SegmentationStrategy
+            E.g. ``STICA(components=50)`` with post-processing steps appended.
+        label : str, optional
+            Name of the stored ROI set (default: the current timestamp).
+        planes : int or list of int, optional
+            Segment only these planes, each on its own (ROIs are placed in their
+            plane of the volume).
+        progress : callable, optional
+            Called as ``progress(fraction, message)``.
+
+        Returns
+        -------
+        ROIList
+
+        Raises
+        ------
+        IndexError
+            For a plane that does not exist.
+        PermissionError
+            If the dataset is read-only (checked before any work).
+
+        See Also
+        --------
+        napari_sima.core.segment : strategies and post-processing steps.
+        """
+        from .segment.planewise import segment_dataset
+
+        return segment_dataset(self, strategy, label=label, planes=planes, progress=progress)
 
     # -- signals ------------------------------------------------------------------------------
     def iter_extract(

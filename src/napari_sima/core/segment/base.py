@@ -203,9 +203,19 @@ class SegmentationStrategy(abc.ABC):
             As the generator's return value.
         """
         self.check_dataset(dataset)
+        return (yield from self._iter_with_steps(self._iter_segment(dataset), dataset))
+
+    def _iter_with_steps(
+        self, found: SegmentGenerator, dataset: ImagingDataset
+    ) -> SegmentGenerator:
+        """Run ``found`` (a generator of raw ROIs), then the post-processing steps."""
         steps = list(self.steps)
         share = 0.9 if steps else 1.0
-        rois = yield from scaled(self._iter_segment(dataset), 0.0, share)
+        rois = yield from scaled(found, 0.0, share)
+        if not isinstance(rois, (list, tuple)):
+            raise TypeError(
+                f"{type(self).__name__} found {type(rois).__name__}, not a list of ROIs"
+            )
         rois = ROIList(list(rois))
         for k, step in enumerate(steps):
             yield SegmentProgress(

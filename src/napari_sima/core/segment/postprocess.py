@@ -309,10 +309,13 @@ def circularity(roi: ROI) -> float:
     """Return an ROI's circularity ``4 pi A / P**2`` as SIMA's ``CircularityFilter``.
 
     ``A`` is the number of pixels of the plane with the most pixels (plane 0 for a
-    single-plane ROI, as in SIMA) and ``P`` the length of the first outline
+    single-plane ROI, as in SIMA) and ``P`` the total length of the outlines
     :func:`~napari_sima.core.mask2poly` finds for that plane's pixels.  Outlines pass
     through edge midpoints (cut corners), so a disc scores about 0.9 to 1, a single
-    pixel ``pi / 2`` and a 2-pixel-wide line much less than 0.5.
+    pixel ``pi / 2`` and a 2-pixel-wide line much less than 0.5.  SIMA used only the
+    first outline, so an ROI in several pieces (e.g. a ``MergeOverlapping`` union)
+    scored far above 1 and always passed; counting every outline makes a fragmented
+    ROI score low, as a compactness measure should (one piece: same as SIMA).
 
     Parameters
     ----------
@@ -341,8 +344,7 @@ def circularity(roi: ROI) -> float:
     rings = _plane_outlines(support, z)
     if not rings:
         return math.nan
-    ring = rings[0][:, :2]
-    perimeter = float(np.hypot(*np.diff(ring, axis=0).T).sum())
+    perimeter = sum(float(np.hypot(*np.diff(r[:, :2], axis=0).T).sum()) for r in rings)
     return 4.0 * math.pi * counts[z] / perimeter**2
 
 
