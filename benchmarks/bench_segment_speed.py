@@ -47,6 +47,11 @@ STRATEGIES: dict[str, dict] = {
             ("napari_sima.core.segment.postprocess:MergeOverlapping", {"threshold": 0.5}),
         ],
     },
+    "default": {  # the tuned STICA + post-processing of defaults.py
+        "strategy": "napari_sima.core.segment.defaults:default_strategy",
+        "kwargs": {},
+        "steps": [],
+    },
     "PlaneNormalizedCuts": {
         "strategy": "napari_sima.core.segment.normcut:PlaneNormalizedCuts",
         "kwargs": {},
