@@ -22,7 +22,9 @@ def blocked(widget: QWidget) -> Iterator[None]:
         widget.blockSignals(old)
 
 
-def datasets_in_layers(layers: Iterable[Any], current: Any = None, current_name: str = "dataset") -> list[tuple[str, Any]]:
+def datasets_in_layers(
+    layers: Iterable[Any], current: Any = None, current_name: str = "dataset"
+) -> list[tuple[str, Any]]:
     """Return ``(name, dataset)`` for each distinct dataset behind the layers.
 
     Parameters
@@ -65,3 +67,29 @@ def fill_dataset_combo(combo: QComboBox, found: list[tuple[str, Any]], current: 
                 combo.count() - 1, str(ds.savedir or "in memory"), Qt.ItemDataRole.ToolTipRole
             )
         combo.setCurrentIndex(next((k for k, (_, ds) in enumerate(found) if ds is current), -1))
+
+
+#: Errors from the core that are the user's to fix (their message is shown as is).
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError)
+
+
+def user_message(err: BaseException) -> str:
+    """Return the user-facing text of an error (a KeyError's message unquoted)."""
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    text = str(err)
+    if isinstance(err, USER_ERRORS + (PermissionError,)):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class RefreshingComboBox(QComboBox):
+    """A combo box that rebuilds its items just before showing its list."""
+
+    def __init__(self, refresh: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._refresh = refresh
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt's name
+        self._refresh()
+        super().showPopup()

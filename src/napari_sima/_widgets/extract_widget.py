@@ -49,7 +49,9 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import sima_metadata, unwrap
-from ._common import blocked, datasets_in_layers, fill_dataset_combo
+from ._common import USER_ERRORS, blocked, datasets_in_layers, fill_dataset_combo
+from ._common import RefreshingComboBox as _RefreshingComboBox
+from ._common import user_message as _message
 
 if TYPE_CHECKING:
     from napari.layers import Shapes
@@ -59,8 +61,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Errors from the core that are the user's to fix (their message is shown as is).
-USER_ERRORS = (ValueError, KeyError, TypeError, OSError)
 
 #: Baseline methods offered for ΔF/F (see :func:`napari_sima.core.dff`).
 DFF_BASELINES = ("percentile", "maximin")
@@ -85,17 +85,6 @@ NO_DEMIX = "none"
 
 #: Prefix of the ROI-source entries that are Shapes layers.
 LAYER_PREFIX = "layer: "
-
-
-
-def _message(err: BaseException) -> str:
-    """Return the user-facing text of an error (a KeyError's message unquoted)."""
-    if isinstance(err, KeyError) and err.args:
-        return str(err.args[0])
-    text = str(err)
-    if isinstance(err, USER_ERRORS + (PermissionError,)):
-        return text or type(err).__name__
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def signal_set_labels(dataset: ImagingDataset, channel: int) -> list[str]:
@@ -1067,19 +1056,6 @@ class ExtractWidget(QWidget):
     def _set_status(self, text: str, hint: bool = False) -> None:
         self.status_label.setText(text)
         self._status_is_hint = hint
-
-
-class _RefreshingComboBox(QComboBox):
-    """A combo box that rebuilds its items just before showing its list."""
-
-    def __init__(self, refresh: Any, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._refresh = refresh
-
-    def showPopup(self) -> None:  # noqa: N802 - Qt's name
-        self._refresh()
-        super().showPopup()
-
 
 
 __all__ = ["ExtractWidget", "signal_set_labels", "store_signal_entries"]

@@ -61,7 +61,6 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import METADATA_KEY, projection_layer_data, sima_metadata, source_name, unwrap
-from ._common import blocked, datasets_in_layers, fill_dataset_combo
 from .._roi_convert import (
     FEATURE_COLUMNS,
     FLAG_TAGS,
@@ -80,6 +79,7 @@ from ..core.roi_ops import (
     tags_match,
     unmerge_roi,
 )
+from ._common import blocked, datasets_in_layers, fill_dataset_combo
 
 if TYPE_CHECKING:
     from napari.layers import Layer, Shapes

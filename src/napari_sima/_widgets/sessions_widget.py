@@ -75,7 +75,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import METADATA_KEY, projection_layer_data, sima_metadata, source_name, unwrap
-from ._common import blocked, datasets_in_layers
+from ._common import USER_ERRORS, blocked, datasets_in_layers
 from ._sessions_view import (
     ALIGN_LAYER_NAME,
     COLOR_MODES,
@@ -103,9 +103,6 @@ if TYPE_CHECKING:
     from ..core.registration import RegistrationSummary
 
 logger = logging.getLogger(__name__)
-
-#: Errors from the core that are the user's to fix (their message is shown as is).
-USER_ERRORS = (ValueError, KeyError, TypeError, OSError)
 
 #: Transform methods offered (as in :data:`napari_sima.core.transform.METHODS`).
 METHODS = ("euclidean", "similarity", "affine", "projective", "polynomial", "piecewise-affine")

@@ -57,8 +57,10 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import sima_metadata, unwrap
-from ._common import blocked, datasets_in_layers, fill_dataset_combo
-from .extract_widget import USER_ERRORS, _message, _RefreshingComboBox, signal_set_labels
+from ._common import USER_ERRORS, blocked, datasets_in_layers, fill_dataset_combo
+from ._common import RefreshingComboBox as _RefreshingComboBox
+from ._common import user_message as _message
+from .extract_widget import signal_set_labels
 
 if TYPE_CHECKING:
     from ..core import ImagingDataset
