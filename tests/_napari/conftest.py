@@ -109,3 +109,30 @@ def _write_h5(
 def write_h5():
     """``write_h5(path, data, labels=None, key='imaging') -> Path``."""
     return _write_h5
+
+
+#: How long a test waits for a dock's worker to finish or cancel (ms).
+DOCK_WAIT_MS = 120_000
+
+
+@pytest.fixture
+def make_dock(viewer, qtbot):
+    """Build docks of a class on the viewer: ``make_dock(SegmentWidget)``.
+
+    Docks still running a worker at teardown are cancelled and waited for, so no
+    worker outlives its test.
+    """
+    made: list = []
+
+    def make(cls):
+        widget = cls(viewer)
+        qtbot.addWidget(widget)
+        made.append(widget)
+        return widget
+
+    yield make
+    for widget in made:
+        if widget.is_running:
+            widget.cancel()
+            qtbot.waitUntil(lambda w=widget: not w.is_running, timeout=DOCK_WAIT_MS)
+

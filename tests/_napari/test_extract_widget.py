@@ -47,22 +47,10 @@ def sample_ds(viewer, movie):
 
 
 @pytest.fixture
-def make_widget(viewer, qtbot):
+def make_widget(make_dock):
     from napari_sima._widgets.extract_widget import ExtractWidget
 
-    made = []
-
-    def make():
-        widget = ExtractWidget(viewer)
-        qtbot.addWidget(widget)
-        made.append(widget)
-        return widget
-
-    yield make
-    for widget in made:
-        if widget.is_running:
-            widget.cancel()
-            qtbot.waitUntil(lambda w=widget: not w.is_running, timeout=WAIT_MS)
+    return lambda: make_dock(ExtractWidget)
 
 
 @pytest.fixture

@@ -56,22 +56,10 @@ def run_and_wait(widget, qtbot, replace: bool = False):
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture
-def make_widget(viewer, qtbot):
+def make_widget(make_dock):
     from napari_sima._widgets.segment_widget import SegmentWidget
 
-    made = []
-
-    def make():
-        widget = SegmentWidget(viewer)
-        qtbot.addWidget(widget)
-        made.append(widget)
-        return widget
-
-    yield make
-    for widget in made:
-        if widget.is_running:
-            widget.cancel()
-            qtbot.waitUntil(lambda w=widget: not w.is_running, timeout=WAIT_MS)
+    return lambda: make_dock(SegmentWidget)
 
 
 @pytest.fixture

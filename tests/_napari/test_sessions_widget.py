@@ -90,22 +90,10 @@ def pair(tmp_path, scene):
 
 
 @pytest.fixture
-def make_widget(viewer, qtbot):
+def make_widget(make_dock):
     from napari_sima._widgets.sessions_widget import SessionsWidget
 
-    made = []
-
-    def make():
-        widget = SessionsWidget(viewer)
-        qtbot.addWidget(widget)
-        made.append(widget)
-        return widget
-
-    yield make
-    for widget in made:
-        if widget.is_running:
-            widget.cancel()
-            qtbot.waitUntil(lambda w=widget: not w.is_running, timeout=WAIT_MS)
+    return lambda: make_dock(SessionsWidget)
 
 
 @pytest.fixture

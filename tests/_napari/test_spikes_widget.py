@@ -41,22 +41,10 @@ def saved_ds(viewer, movie, tmp_path):
 
 
 @pytest.fixture
-def make_widget(viewer, qtbot):
+def make_widget(make_dock):
     from napari_sima._widgets.spikes_widget import SpikesWidget
 
-    made = []
-
-    def make():
-        widget = SpikesWidget(viewer)
-        qtbot.addWidget(widget)
-        made.append(widget)
-        return widget
-
-    yield make
-    for widget in made:
-        if widget.is_running:
-            widget.cancel()
-            qtbot.waitUntil(lambda w=widget: not w.is_running, timeout=WAIT_MS)
+    return lambda: make_dock(SpikesWidget)
 
 
 @pytest.fixture
