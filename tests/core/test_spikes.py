@@ -265,6 +265,32 @@ def _dataset(movie, savedir=None):
 
 
 @pytest.mark.filterwarnings("ignore:sigma estimate")
+def test_infer_spikes_processes_give_the_same_numbers(calcium_movie, tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "SPIKES_CHUNK_ROWS", 3)  # 8 traces -> 3 blocks over the pool
+    one = _dataset(calcium_movie, tmp_path / "one.sima")
+    two = _dataset(calcium_movie, tmp_path / "two.sima")
+    s1, f1, p1 = one.infer_spikes()
+    calls = []
+    s2, f2, p2 = two.infer_spikes(n_processes=2, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(3, 8), (6, 8), (8, 8)]
+    for q in range(2):
+        np.testing.assert_array_equal(s1[q], s2[q])
+        np.testing.assert_array_equal(f1[q], f2[q])
+    assert p1 == p2
+    np.testing.assert_array_equal(two.signals()["sig"]["spikes"][1], s2[1])
+    with pytest.raises(ValueError, match="n_processes"):
+        two.infer_spikes(n_processes=0)
+
+    def stop(done, total):
+        raise KeyboardInterrupt  # e.g. the GUI's Cancel
+
+    before = two.signals()["sig"]["spikes"][0].copy()
+    with pytest.raises(KeyboardInterrupt):
+        two.infer_spikes(n_processes=2, mode="robust", progress=stop)
+    np.testing.assert_array_equal(two.signals()["sig"]["spikes"][0], before)
+
+
+@pytest.mark.filterwarnings("ignore:sigma estimate")
 def test_infer_spikes_memory(calcium_movie):
     movie = calcium_movie
     ds = _dataset(movie)

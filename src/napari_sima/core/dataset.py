@@ -953,6 +953,7 @@ class ImagingDataset:
         verbose: bool = False,
         solver: str = "oasis",
         progress: Any = None,
+        n_processes: int = 1,
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:
         """Infer spikes of a stored signal set (default: the most recent) and store them.
 
@@ -977,6 +978,7 @@ class ImagingDataset:
             verbose=verbose,
             solver=solver,
             progress=progress,
+            n_processes=n_processes,
         )
 
     # -- exports ------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -703,6 +703,70 @@ def _fill_rows(a: np.ndarray) -> np.ndarray:
     return a
 
 
+#: Traces per block of work in :func:`infer_spikes` (a progress report per block; the
+#: unit handed to a worker process with ``n_processes > 1``).
+SPIKES_CHUNK_ROWS = 32
+
+
+def _check_processes(n_processes: Any) -> int:
+    if isinstance(n_processes, bool) or not isinstance(n_processes, (int, np.integer)):
+        raise ValueError(f"n_processes must be a positive integer, got {n_processes!r}")
+    if int(n_processes) < 1:
+        raise ValueError(f"n_processes must be at least 1, got {int(n_processes)}")
+    return int(n_processes)
+
+
+def _solve_rows(
+    traces: list[np.ndarray], sigmas: list[float], gammas: list[Any], mode: str, solver: str
+) -> tuple[list[np.ndarray], list[np.ndarray], list[float], list[float]]:
+    """Solve a block of traces (runs in this process or in a worker process)."""
+    spikes, fits, bases, scales = [], [], [], []
+    for trace, sigma, g in zip(traces, sigmas, gammas, strict=True):
+        s_i, f_i, p_i = spike_inference(trace, float(sigma), g, mode=mode, ar_order=2,
+                                        solver=solver)
+        spikes.append(s_i)
+        fits.append(f_i)
+        bases.append(float(p_i["baseline"]))
+        scales.append(float(p_i["spike_scale"]))
+    return spikes, fits, bases, scales
+
+
+def _solve_chunks(
+    chunks: list[list[tuple[int, int]]],
+    raw: list[np.ndarray],
+    sigmas: np.ndarray,
+    gammas: list[Any],
+    mode: str,
+    solver: str,
+    n_processes: int,
+) -> Iterator[tuple[list[tuple[int, int]], tuple]]:
+    """Yield ``(chunk, results)`` for every block of ``(sequence, roi)`` rows, in order."""
+
+    def job(chunk: list[tuple[int, int]]) -> tuple:
+        return (
+            [raw[q][i] for q, i in chunk],
+            [float(sigmas[i]) for _, i in chunk],
+            [gammas[i] for _, i in chunk],
+            mode,
+            solver,
+        )
+
+    if n_processes <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            yield chunk, _solve_rows(*job(chunk))
+        return
+    from .extract import _get_pool
+
+    pool = _get_pool(n_processes)
+    futures = [pool.submit(_solve_rows, *job(chunk)) for chunk in chunks]
+    try:
+        for chunk, future in zip(chunks, futures, strict=True):
+            yield chunk, future.result()
+    finally:  # cancelled (an exception from the progress callback) or done
+        for future in futures:
+            future.cancel()
+
+
 def infer_spikes(
     dataset: Any,
     channel: int | str = 0,
@@ -713,6 +777,7 @@ def infer_spikes(
     verbose: bool = False,
     solver: str = "oasis",
     progress: Callable[[int, int], Any] | None = None,
+    n_processes: int = 1,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, list[Any]]]]:
     """Infer the spikes of every ROI of a stored signal set, and store them with it.
 
@@ -735,7 +800,15 @@ def infer_spikes(
         Print progress.
     solver : {'oasis', 'cvxpy'}
     progress : callable, optional
-        Called as ``progress(done, total)`` after each trace.
+        Called as ``progress(done, total)`` after each trace (each block of
+        :data:`SPIKES_CHUNK_ROWS` traces with ``n_processes > 1``); an exception it
+        raises stops the work (nothing is stored).
+    n_processes : int
+        Processes solving blocks of ROIs in parallel (default 1: in this process).
+        With more, blocks of :data:`SPIKES_CHUNK_ROWS` traces go to a shared
+        ``forkserver`` pool (the one of :mod:`napari_sima.core.extract`); the results
+        are identical to one process.  Scripts must keep their main code under
+        ``if __name__ == '__main__':``.
 
     Returns
     -------
@@ -806,40 +879,42 @@ def infer_spikes(
         gammas = [float(x) for x in gv]
 
     # -- inference -----------------------------------------------------------------------
+    n_proc = _check_processes(n_processes)
     total = len(raw) * n_rois
-    done = 0
-    spikes_out: list[np.ndarray] = []
-    fits_out: list[np.ndarray] = []
+    rows = [(q, i) for q in range(len(raw)) for i in range(n_rois) if valid[i]]
+    spikes_out = [np.full(r.shape, np.nan) for r in raw]
+    fits_out = [np.full(r.shape, np.nan) for r in raw]
+    bases = np.full((len(raw), n_rois), np.nan)
+    scales = np.full((len(raw), n_rois), np.nan)
+    skipped = total - len(rows)  # ROIs without a signal count as done at once
+    done = skipped
+    if progress is not None and skipped:
+        progress(done, total)
+    per = 1 if n_proc == 1 else SPIKES_CHUNK_ROWS
+    chunks = [rows[k:k + per] for k in range(0, len(rows), per)]
+    for chunk, result in _solve_chunks(chunks, raw, sigmas, gammas, mode, solver, n_proc):
+        for (q, i), sp, ft, base, scale in zip(chunk, *result, strict=True):
+            spikes_out[q][i] = sp
+            fits_out[q][i] = ft
+            bases[q, i] = base
+            scales[q, i] = scale
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
+        if verbose:
+            print(f"infer_spikes: {done}/{total} traces done")
     params_out: list[dict[str, list[Any]]] = []
-    for q, r in enumerate(raw):
-        sp = np.full(r.shape, np.nan)
-        ft = np.full(r.shape, np.nan)
+    for q in range(len(raw)):
         par: dict[str, list[Any]] = {"gamma": [], "sigma": [], "baseline": [],
                                      "spike_scale": []}
         for i in range(n_rois):
             g_i = gammas[i]
-            if valid[i]:
-                s_i, f_i, p_i = spike_inference(
-                    r[i], float(sigmas[i]), g_i, mode=mode, ar_order=2, solver=solver
-                )
-                sp[i] = s_i
-                ft[i] = f_i
-                base, scale = p_i["baseline"], p_i["spike_scale"]
-            else:
-                base = scale = float("nan")
             g_store = (np.asarray(g_i).tolist() if g_i is not None and np.ndim(g_i)
                        else (float(g_i) if g_i is not None else float("nan")))
             par["gamma"].append(g_store)
             par["sigma"].append(float(sigmas[i]))
-            par["baseline"].append(float(base))
-            par["spike_scale"].append(float(scale))
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        if verbose:
-            print(f"infer_spikes: sequence {q + 1}/{len(raw)} done ({n_rois} ROIs)")
-        spikes_out.append(sp)
-        fits_out.append(ft)
+            par["baseline"].append(float(bases[q, i]))
+            par["spike_scale"].append(float(scales[q, i]))
         params_out.append(par)
 
     # -- storage -------------------------------------------------------------------------
