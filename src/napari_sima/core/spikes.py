@@ -755,16 +755,32 @@ def _solve_chunks(
         for chunk in chunks:
             yield chunk, _solve_rows(*job(chunk))
         return
-    from .extract import _get_pool
+    from concurrent.futures.process import BrokenProcessPool
 
-    pool = _get_pool(n_processes)
-    futures = [pool.submit(_solve_rows, *job(chunk)) for chunk in chunks]
+    from .extract import _get_pool, shutdown_pool
+
+    futures: list[Any] = []
+    k = 0
     try:
-        for chunk, future in zip(chunks, futures, strict=True):
+        pool = _get_pool(n_processes)
+        futures = [pool.submit(_solve_rows, *job(chunk)) for chunk in chunks]
+        for k, (chunk, future) in enumerate(zip(chunks, futures, strict=True)):
             yield chunk, future.result()
+        return
+    except BrokenProcessPool:
+        # e.g. a script without ``if __name__ == '__main__':`` (its workers cannot start)
+        warnings.warn(
+            "infer_spikes: the worker processes failed (is the script's main code under "
+            "`if __name__ == '__main__':`?); finishing in this process",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        shutdown_pool(wait=False)
     finally:  # cancelled (an exception from the progress callback) or done
         for future in futures:
             future.cancel()
+    for chunk in chunks[k:]:
+        yield chunk, _solve_rows(*job(chunk))
 
 
 def infer_spikes(
