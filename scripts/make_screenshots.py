@@ -12,6 +12,7 @@ itself under ``xvfb-run``.  Mesa's llvmpipe renders the OpenGL canvas under Xvfb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -66,14 +67,83 @@ def _wait_until(condition, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
-def _show_only_dock(viewer, title: str) -> None:
-    """Hide every napari-sima dock but ``title`` (e.g. ``'ROIs (napari-sima)'``)."""
+def _show_only_dock(viewer, *titles: str):
+    """Hide every napari-sima dock but ``titles`` (e.g. ``'ROIs (napari-sima)'``).
+
+    Returns the ``QDockWidget`` of each shown title, by title.
+    """
     from qtpy.QtWidgets import QDockWidget
 
+    shown = {}
     for dock in viewer.window._qt_window.findChildren(QDockWidget):
         name = getattr(dock, "name", dock.windowTitle())
         if name.endswith("(napari-sima)"):
-            dock.setVisible(name == title)
+            dock.setVisible(name in titles)
+            if name in titles:
+                shown[name] = dock
+    return shown
+
+
+@contextlib.contextmanager
+def _demo_viewer():
+    """The demo viewer (sample data, all docks) at the screenshot size; closed on exit."""
+    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
+
+    viewer = run_demo(block=False)
+    try:
+        viewer.window.resize(*DEMO_WINDOW_SIZE)
+        yield viewer
+    finally:
+        viewer.close()
+
+
+def _fit_window(viewer) -> None:
+    """Shrink the window back to the screenshot size (runs grow it while docks show)."""
+    from napari_sima._demo import DEMO_WINDOW_SIZE
+
+    _process_events(0.3)
+    viewer.window.resize(*DEMO_WINDOW_SIZE)
+
+
+def _save(viewer, outdir: Path, name: str) -> Path:
+    """Let the viewer settle, then save the whole window as ``outdir / name``."""
+    _close_notifications(viewer)
+    _process_events(1.5)
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / name
+    viewer.screenshot(str(path), canvas_only=False, flash=False)
+    return path
+
+
+def _show_true_cells(viewer, extract: bool = True):
+    """Store the sample's true cells as ROI set 'true cells', show it, extract it.
+
+    Returns the ROIs dock and the dataset.
+    """
+    from napari_sima._sample_data import sample_true_rois
+
+    rois_widget = viewer.window.dock_widgets["ROIs (napari-sima)"]
+    dataset = rois_widget.dataset
+    rois = sample_true_rois()
+    dataset.add_ROIs(rois, "true cells")
+    rois_widget.show_set("true cells")
+    rois_widget.set_color_by("roi")
+    if extract:
+        dataset.extract(rois, label="true cells", save_summary=False)
+    return rois_widget, dataset
+
+
+def _select_cells(viewer, rois_widget, visible: tuple, cells=(1, 4, 8)) -> None:
+    """Show only ``visible`` layers (and the first movie), select three cells at frame 57."""
+    layer = viewer.layers["ROIs: true cells"]
+    for lay in viewer.layers:
+        lay.visible = lay is layer or lay in visible or lay.name == "calcium seq 0 [GCaMP]"
+    roi_col = layer.features["roi"].tolist()
+    layer.selected_data = {i for i, r in enumerate(roi_col) if int(r) in cells}
+    rois_widget.set_draw_mode("select")
+    viewer.layers.selection.active = layer
+    viewer.dims.set_current_step(0, 57)
+    viewer.reset_view()
 
 
 def _close_notifications(viewer) -> None:
@@ -97,11 +167,7 @@ def dataset_widget_screenshot(outdir: Path) -> Path:
     Path
         The written file.
     """
-    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
-
-    viewer = run_demo(block=False)
-    try:
-        viewer.window.resize(*DEMO_WINDOW_SIZE)
+    with _demo_viewer() as viewer:
         _show_only_dock(viewer, "Dataset (napari-sima)")
         widget = viewer.window.dock_widgets["Dataset (napari-sima)"]
         widget.compute_projections()
@@ -113,13 +179,7 @@ def dataset_widget_screenshot(outdir: Path) -> Path:
         viewer.layers.selection.active = viewer.layers["calcium mean [GCaMP]"]
         viewer.dims.set_current_step(0, 57)
         viewer.reset_view()
-        _process_events(1.5)
-        outdir.mkdir(parents=True, exist_ok=True)
-        path = outdir / "dataset-widget.png"
-        viewer.screenshot(str(path), canvas_only=False, flash=False)
-        return path
-    finally:
-        viewer.close()
+        return _save(viewer, outdir, "dataset-widget.png")
 
 
 def roi_manager_screenshot(outdir: Path) -> Path:
@@ -140,12 +200,9 @@ def roi_manager_screenshot(outdir: Path) -> Path:
     """
     import numpy as np
 
-    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
     from napari_sima._sample_data import sample_true_rois
 
-    viewer = run_demo(block=False)
-    try:
-        viewer.window.resize(*DEMO_WINDOW_SIZE)
+    with _demo_viewer() as viewer:
         widget = viewer.window.dock_widgets["ROIs (napari-sima)"]
         dataset = widget.dataset
         rois = sample_true_rois()
@@ -171,13 +228,7 @@ def roi_manager_screenshot(outdir: Path) -> Path:
         widget.set_draw_mode("select")
         viewer.dims.current_step = (0,) * viewer.dims.ndim
         viewer.reset_view()
-        _process_events(1.5)
-        outdir.mkdir(parents=True, exist_ok=True)
-        path = outdir / "roi-manager.png"
-        viewer.screenshot(str(path), canvas_only=False, flash=False)
-        return path
-    finally:
-        viewer.close()
+        return _save(viewer, outdir, "roi-manager.png")
 
 
 def traces_screenshot(outdir: Path) -> Path:
@@ -196,45 +247,16 @@ def traces_screenshot(outdir: Path) -> Path:
     Path
         The written file.
     """
-    from qtpy.QtWidgets import QDockWidget
-
-    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
     from napari_sima._raster import show_raster
-    from napari_sima._sample_data import sample_true_rois
 
-    viewer = run_demo(block=False)
-    try:
-        viewer.window.resize(*DEMO_WINDOW_SIZE)
-        rois_widget = viewer.window.dock_widgets["ROIs (napari-sima)"]
+    with _demo_viewer() as viewer:
+        rois_widget, dataset = _show_true_cells(viewer)
         traces = viewer.window.dock_widgets["Traces (napari-sima)"]
-        dataset = rois_widget.dataset
-        rois = sample_true_rois()
-        dataset.add_ROIs(rois, "true cells")
-        rois_widget.show_set("true cells")
-        rois_widget.set_color_by("roi")
-        dataset.extract(rois, label="true cells", save_summary=False)
         traces.set_signals(dataset, "true cells", channel=0)
         raster = show_raster(viewer, dataset, "true cells", channel=0, kind="raw")
-        for dock in viewer.window._qt_window.findChildren(QDockWidget):
-            name = getattr(dock, "name", dock.windowTitle())
-            if name.endswith("(napari-sima)"):
-                dock.setVisible(name in ("ROIs (napari-sima)", "Traces (napari-sima)"))
-        layer = viewer.layers["ROIs: true cells"]
-        for lay in viewer.layers:
-            lay.visible = lay is layer or lay is raster or lay.name == "calcium seq 0 [GCaMP]"
-        roi_col = layer.features["roi"].tolist()
-        layer.selected_data = {i for i, r in enumerate(roi_col) if int(r) in (1, 4, 8)}
-        rois_widget.set_draw_mode("select")
-        viewer.layers.selection.active = layer
-        viewer.dims.set_current_step(0, 57)
-        viewer.reset_view()
-        _process_events(1.5)
-        outdir.mkdir(parents=True, exist_ok=True)
-        path = outdir / "traces.png"
-        viewer.screenshot(str(path), canvas_only=False, flash=False)
-        return path
-    finally:
-        viewer.close()
+        _show_only_dock(viewer, "ROIs (napari-sima)", "Traces (napari-sima)")
+        _select_cells(viewer, rois_widget, (raster,))
+        return _save(viewer, outdir, "traces.png")
 
 
 def segment_screenshot(outdir: Path) -> Path:
@@ -253,17 +275,12 @@ def segment_screenshot(outdir: Path) -> Path:
     Path
         The written file.
     """
-    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
-
-    viewer = run_demo(block=False)
-    try:
-        viewer.window.resize(*DEMO_WINDOW_SIZE)
+    with _demo_viewer() as viewer:
         segment = viewer.window.dock_widgets["Segment (napari-sima)"]
         segment.run(replace=True)
         _wait_until(lambda: not segment.is_running, timeout=600.0)
         _show_only_dock(viewer, "Segment (napari-sima)")
-        _process_events(0.3)
-        viewer.window.resize(*DEMO_WINDOW_SIZE)
+        _fit_window(viewer)
         layer = viewer.layers[f"ROIs: {segment.last_label}"]
         for lay in viewer.layers:
             lay.visible = lay is layer or "mean [GCaMP]" in lay.name
@@ -272,14 +289,7 @@ def segment_screenshot(outdir: Path) -> Path:
         viewer.layers.selection.active = layer
         viewer.dims.current_step = (0,) * viewer.dims.ndim
         viewer.reset_view()
-        _close_notifications(viewer)
-        _process_events(1.5)
-        outdir.mkdir(parents=True, exist_ok=True)
-        path = outdir / "segment.png"
-        viewer.screenshot(str(path), canvas_only=False, flash=False)
-        return path
-    finally:
-        viewer.close()
+        return _save(viewer, outdir, "segment.png")
 
 
 def spikes_screenshot(outdir: Path) -> Path:
@@ -300,60 +310,25 @@ def spikes_screenshot(outdir: Path) -> Path:
         The written file.
     """
     from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QDockWidget
 
-    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
-    from napari_sima._sample_data import sample_true_rois
-
-    viewer = run_demo(block=False)
-    try:
-        viewer.window.resize(*DEMO_WINDOW_SIZE)
-        rois_widget = viewer.window.dock_widgets["ROIs (napari-sima)"]
+    with _demo_viewer() as viewer:
+        rois_widget, _ = _show_true_cells(viewer)
         spikes = viewer.window.dock_widgets["Infer spikes (napari-sima)"]
-        dataset = rois_widget.dataset
-        rois = sample_true_rois()
-        dataset.add_ROIs(rois, "true cells")
-        rois_widget.show_set("true cells")
-        rois_widget.set_color_by("roi")
-        dataset.extract(rois, label="true cells", save_summary=False)
         spikes.refresh_signal_sets()
         spikes.set_signal_set("true cells")
         spikes.run()
         _wait_until(lambda: not spikes.is_running)
-        qt_window = viewer.window._qt_window
-        traces_dock = None
-        for dock in qt_window.findChildren(QDockWidget):
-            name = getattr(dock, "name", dock.windowTitle())
-            if name.endswith("(napari-sima)"):
-                dock.setVisible(name in ("Infer spikes (napari-sima)", "Traces (napari-sima)"))
-            if name == "Traces (napari-sima)":
-                traces_dock = dock
+        docks = _show_only_dock(viewer, "Infer spikes (napari-sima)", "Traces (napari-sima)")
         # the run processed events with every dock shown, which grew the window: let
         # the layout see the hidden docks, then shrink it back
+        _fit_window(viewer)
         _process_events(0.3)
-        viewer.window.resize(*DEMO_WINDOW_SIZE)
-        _process_events(0.3)
+        traces_dock = docks.get("Traces (napari-sima)")
         if traces_dock is not None:  # room for the traces and the spikes row
-            qt_window.resizeDocks([traces_dock], [360], Qt.Orientation.Vertical)
+            viewer.window._qt_window.resizeDocks([traces_dock], [360], Qt.Orientation.Vertical)
             _process_events(0.3)
-        layer = viewer.layers["ROIs: true cells"]
-        raster = viewer.layers["raster: true cells [spikes]"]
-        for lay in viewer.layers:
-            lay.visible = lay is layer or lay is raster or lay.name == "calcium seq 0 [GCaMP]"
-        roi_col = layer.features["roi"].tolist()
-        layer.selected_data = {i for i, r in enumerate(roi_col) if int(r) in (1, 4, 8)}
-        rois_widget.set_draw_mode("select")
-        viewer.layers.selection.active = layer
-        viewer.dims.set_current_step(0, 57)
-        viewer.reset_view()
-        _close_notifications(viewer)
-        _process_events(1.5)
-        outdir.mkdir(parents=True, exist_ok=True)
-        path = outdir / "spikes.png"
-        viewer.screenshot(str(path), canvas_only=False, flash=False)
-        return path
-    finally:
-        viewer.close()
+        _select_cells(viewer, rois_widget, (viewer.layers["raster: true cells [spikes]"],))
+        return _save(viewer, outdir, "spikes.png")
 
 
 def sessions_screenshot(outdir: Path) -> Path:
@@ -376,16 +351,12 @@ def sessions_screenshot(outdir: Path) -> Path:
     """
     import numpy as np
     from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QDockWidget
     from skimage import transform as sk
 
-    from napari_sima._demo import DEMO_WINDOW_SIZE, run_demo
     from napari_sima._sample_data import SAMPLE_CHANNELS, sample_true_rois
     from napari_sima.core import ROI, ImagingDataset, ROIList, Sequence
 
-    viewer = run_demo(block=False)
-    try:
-        viewer.window.resize(*DEMO_WINDOW_SIZE)
+    with _demo_viewer() as viewer:
         widget = viewer.window.dock_widgets["Sessions (napari-sima)"]
         day1 = widget.sessions[0].dataset
         cells = sample_true_rois()
@@ -402,8 +373,9 @@ def sessions_screenshot(outdir: Path) -> Path:
             tf = sk.SimilarityTransform(rotation=np.deg2rad(angle), translation=shift)
             frames = []
             for c in range(mean.shape[2]):
-                warped = sk.warp(mean[..., c], tf.inverse, order=1, preserve_range=True,
-                                 mode="edge")
+                warped = sk.warp(
+                    mean[..., c], tf.inverse, order=1, preserve_range=True, mode="edge"
+                )
                 frames.append(warped)
             image = np.stack(frames, axis=-1)
             movie = image[None, None] + rng.normal(0, 8, size=(6, 1, *image.shape))
@@ -415,8 +387,14 @@ def sessions_screenshot(outdir: Path) -> Path:
 
             kept = ROIList([r for k, r in enumerate(cells) if k not in lost])
             moved = list(kept.transform([roi_tf], im_shape=(1, *shape)))
-            extra = np.array([[20.0, 100.0 + 4 * day, 0], [27, 98 + 4 * day, 0],
-                              [29, 105 + 4 * day, 0], [22, 108 + 4 * day, 0]])
+            extra = np.array(
+                [
+                    [20.0, 100.0 + 4 * day, 0],
+                    [27, 98 + 4 * day, 0],
+                    [29, 105 + 4 * day, 0],
+                    [22, 108 + 4 * day, 0],
+                ]
+            )
             moved.append(ROI(polygons=[extra], im_shape=(1, *shape)))
             for k, roi in enumerate(moved):
                 roi.label = f"d{day}-{k}"
@@ -433,16 +411,13 @@ def sessions_screenshot(outdir: Path) -> Path:
         widget.set_color_by("session")
         widget.set_show_ids(True)
         widget.set_checked_tags(["PV"])
-        _show_only_dock(viewer, "Sessions (napari-sima)")
+        docks = _show_only_dock(viewer, "Sessions (napari-sima)")
         # the runs processed events with every dock shown, which grew the window: let
         # the layout see the hidden docks, then shrink it back and widen the dock
-        qt_window = viewer.window._qt_window
+        _fit_window(viewer)
         _process_events(0.3)
-        viewer.window.resize(*DEMO_WINDOW_SIZE)
-        _process_events(0.3)
-        for dock in qt_window.findChildren(QDockWidget):
-            if getattr(dock, "name", dock.windowTitle()) == "Sessions (napari-sima)":
-                qt_window.resizeDocks([dock], [480], Qt.Orientation.Horizontal)
+        for dock in docks.values():
+            viewer.window._qt_window.resizeDocks([dock], [480], Qt.Orientation.Horizontal)
         _process_events(0.3)
         for lay in viewer.layers:
             lay.visible = lay is widget.align_layer or lay.name == "calcium mean [GCaMP]"
@@ -457,14 +432,7 @@ def sessions_screenshot(outdir: Path) -> Path:
         layer.mode = "select"
         viewer.dims.current_step = (0,) * viewer.dims.ndim
         viewer.reset_view()
-        _close_notifications(viewer)
-        _process_events(1.5)
-        outdir.mkdir(parents=True, exist_ok=True)
-        path = outdir / "sessions.png"
-        viewer.screenshot(str(path), canvas_only=False, flash=False)
-        return path
-    finally:
-        viewer.close()
+        return _save(viewer, outdir, "sessions.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QWidget
 
 from .._layers import sima_metadata, unwrap
 
@@ -93,3 +93,20 @@ class RefreshingComboBox(QComboBox):
     def showPopup(self) -> None:  # noqa: N802 - Qt's name
         self._refresh()
         super().showPopup()
+
+
+def make_button(text: str, object_name: str, slot: Any, parent: QWidget) -> QPushButton:
+    """Return a push button with an object name (for tests) connected to ``slot``."""
+    button = QPushButton(text, parent)
+    button.setObjectName(object_name)
+    button.clicked.connect(slot)
+    return button
+
+
+def make_status_label(parent: QWidget) -> QLabel:
+    """Return the wrapped, selectable status line our docks show under their progress bar."""
+    label = QLabel("", parent)
+    label.setObjectName("status_label")
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label

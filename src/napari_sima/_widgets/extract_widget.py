@@ -39,7 +39,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
@@ -49,7 +48,14 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import sima_metadata, unwrap
-from ._common import USER_ERRORS, blocked, datasets_in_layers, fill_dataset_combo
+from ._common import (
+    USER_ERRORS,
+    blocked,
+    datasets_in_layers,
+    fill_dataset_combo,
+    make_button,
+    make_status_label,
+)
 from ._common import RefreshingComboBox as _RefreshingComboBox
 from ._common import user_message as _message
 
@@ -406,10 +412,7 @@ class ExtractWidget(QWidget):
         self.progress_bar.setFormat("%p%")
         self.progress_bar.setValue(0)
         layout.addWidget(self.progress_bar)
-        self.status_label = QLabel("", box)
-        self.status_label.setObjectName("status_label")
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status_label = make_status_label(box)
         layout.addWidget(self.status_label)
         return box
 
@@ -432,10 +435,7 @@ class ExtractWidget(QWidget):
         return box
 
     def _button(self, text: str, object_name: str, slot: Any, parent: QWidget) -> QPushButton:
-        button = QPushButton(text, parent)
-        button.setObjectName(object_name)
-        button.clicked.connect(slot)
-        return button
+        return make_button(text, object_name, slot, parent)
 
     # -- state ----------------------------------------------------------------------------
     @property

@@ -79,7 +79,7 @@ from ..core.roi_ops import (
     tags_match,
     unmerge_roi,
 )
-from ._common import blocked, datasets_in_layers, fill_dataset_combo
+from ._common import blocked, datasets_in_layers, fill_dataset_combo, make_button
 
 if TYPE_CHECKING:
     from napari.layers import Layer, Shapes
@@ -441,10 +441,7 @@ class ROIManagerWidget(QWidget):
         return self.table
 
     def _button(self, text: str, object_name: str, slot: Any, parent: QWidget) -> QPushButton:
-        button = QPushButton(text, parent)
-        button.setObjectName(object_name)
-        button.clicked.connect(slot)
-        return button
+        return make_button(text, object_name, slot, parent)
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -1852,6 +1849,7 @@ class ROIManagerWidget(QWidget):
 # Module helpers
 # ---------------------------------------------------------------------------------------
 
+
 def _missing(value: Any) -> bool:
     if value is None:
         return True
@@ -1877,7 +1875,6 @@ def _row_tags(df: Any, i: int) -> set[str]:
     if bool(df["rejected"].iloc[i]):
         tags.add(REJECTED)
     return tags
-
 
 
 @contextlib.contextmanager

@@ -58,7 +58,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import METADATA_KEY, sima_metadata, source_name, unwrap
-from ._common import blocked, datasets_in_layers, fill_dataset_combo
+from ._common import blocked, datasets_in_layers, fill_dataset_combo, make_button, make_status_label
 from ._param_panel import (
     HIDDEN_FIELDS,
     INDENT,
@@ -731,18 +731,12 @@ class SegmentWidget(QWidget):
         self.progress_bar.setRange(0, PROGRESS_STEPS)
         self.progress_bar.setValue(0)
         layout.addWidget(self.progress_bar)
-        self.status_label = QLabel("", box)
-        self.status_label.setObjectName("status_label")
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status_label = make_status_label(box)
         layout.addWidget(self.status_label)
         return box
 
     def _button(self, text: str, object_name: str, slot: Any, parent: QWidget) -> QPushButton:
-        button = QPushButton(text, parent)
-        button.setObjectName(object_name)
-        button.clicked.connect(slot)
-        return button
+        return make_button(text, object_name, slot, parent)
 
     # -- state ----------------------------------------------------------------------------
     @property

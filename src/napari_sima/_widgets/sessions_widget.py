@@ -75,7 +75,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import METADATA_KEY, projection_layer_data, sima_metadata, source_name, unwrap
-from ._common import USER_ERRORS, blocked, datasets_in_layers
+from ._common import USER_ERRORS, blocked, datasets_in_layers, make_button, make_status_label
 from ._sessions_view import (
     ALIGN_LAYER_NAME,
     COLOR_MODES,
@@ -540,18 +540,12 @@ class SessionsWidget(QWidget):
         row.addWidget(self.progress_bar, 1)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
-        self.status_label = QLabel("", box)
-        self.status_label.setObjectName("status_label")
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status_label = make_status_label(box)
         layout.addWidget(self.status_label)
         return box
 
     def _button(self, text: str, object_name: str, slot: Any, parent: QWidget) -> QPushButton:
-        button = QPushButton(text, parent)
-        button.setObjectName(object_name)
-        button.clicked.connect(slot)
-        return button
+        return make_button(text, object_name, slot, parent)
 
     # -- state ----------------------------------------------------------------------------
     @property

@@ -49,7 +49,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -57,7 +56,14 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import sima_metadata, unwrap
-from ._common import USER_ERRORS, blocked, datasets_in_layers, fill_dataset_combo
+from ._common import (
+    USER_ERRORS,
+    blocked,
+    datasets_in_layers,
+    fill_dataset_combo,
+    make_button,
+    make_status_label,
+)
 from ._common import RefreshingComboBox as _RefreshingComboBox
 from ._common import user_message as _message
 from .extract_widget import signal_set_labels
@@ -376,18 +382,12 @@ class SpikesWidget(QWidget):
         self.progress_bar.setFormat("%p%")
         self.progress_bar.setValue(0)
         layout.addWidget(self.progress_bar)
-        self.status_label = QLabel("", box)
-        self.status_label.setObjectName("status_label")
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status_label = make_status_label(box)
         layout.addWidget(self.status_label)
         return box
 
     def _button(self, text: str, object_name: str, slot: Any, parent: QWidget) -> QPushButton:
-        button = QPushButton(text, parent)
-        button.setObjectName(object_name)
-        button.clicked.connect(slot)
-        return button
+        return make_button(text, object_name, slot, parent)
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -527,9 +527,7 @@ class SpikesWidget(QWidget):
         if label in self._labels:
             self.signals_combo.setCurrentIndex(self._labels.index(label))
             return True
-        show_error(
-            f"No signal set {label!r} for this channel; the stored sets are {self._labels}."
-        )
+        show_error(f"No signal set {label!r} for this channel; the stored sets are {self._labels}.")
         return False
 
     def refresh_signal_sets(self) -> None:
