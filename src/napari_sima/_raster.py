@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._layers import METADATA_KEY, LayerDataTuple, sima_metadata, unwrap
+from .core.dff import DFF_DEFAULTS
 
 if TYPE_CHECKING:
     import napari
@@ -76,7 +77,7 @@ RASTER_KINDS = (*SIGNAL_KINDS, "spikes")
 KIND_TITLES = {"raw": "raw", "dff": "dF/F", "spikes": "spikes"}
 
 #: ΔF/F parameters used when a set has no stored ΔF/F (see :func:`napari_sima.core.dff`).
-DFF_PARAMETERS: dict[str, Any] = {"baseline": "percentile", "window": 500, "percentile": 8.0}
+DFF_PARAMETERS: dict[str, Any] = DFF_DEFAULTS
 
 #: Axis labels of a raster layer.
 RASTER_AXIS_LABELS = ("roi", "frame")
@@ -291,7 +292,15 @@ def store_dff(
     try:
         if label not in signal_store.signal_set_timestamps(folder):
             return False  # a legacy pickle: not ours to rewrite
-        signal_store.update_signal_set(folder, label, dff=arrays, dff_parameters=params)
+        from .core.records import dff_record
+
+        signal_store.update_signal_set(
+            folder,
+            label,
+            provenance=dff_record(dataset, ch, label, params),
+            dff=arrays,
+            dff_parameters=params,
+        )
     except (OSError, KeyError, ValueError):
         return False
     return True

@@ -30,6 +30,7 @@ Examples
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import json
 import os
@@ -75,15 +76,9 @@ def timestamp() -> str:
 
 
 def _software_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from .provenance import software_versions
 
-    out = {}
-    for name in ("napari-sima", "numpy", "tifffile", "h5py"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
+    return software_versions()
 
 
 def _normalize_savedir(savedir: str | os.PathLike) -> Path:
@@ -136,6 +131,7 @@ class ImagingDataset:
         self._read_only = bool(read_only)
         self._moments: Moments | None = None
         self._meta: dict[str, Any] = {}
+        self._creation_record: dict[str, Any] | None = None
         self._sequences: list[Sequence] | None = None
         self._stored_sequences: list[dict] | None = None
         self._memory_rois: dict[str, ROIList] = {}
@@ -288,6 +284,9 @@ class ImagingDataset:
             "saved": timestamp(),
             "software": _software_versions(),
         }
+        record = self.creation_provenance
+        if record:
+            meta["provenance"] = record
         storage.atomic_write_json(self._savedir / DATASET_FILE, meta)
         self._meta = meta
         self._stored_sequences = sequences
@@ -605,7 +604,12 @@ class ImagingDataset:
             return load_legacy_roi_sets(self._savedir)
         return load_roi_sets(self._roi_folder())
 
-    def add_ROIs(self, ROIs: ROIList | list[ROI], label: str | None = None) -> str:  # noqa: N802,N803
+    def add_ROIs(  # noqa: N802 - SIMA's name
+        self,
+        ROIs: ROIList | list[ROI],  # noqa: N803
+        label: str | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> str:
         """Store an ROI set with the dataset (atomically), replacing one of the same label.
 
         Parameters
@@ -614,6 +618,9 @@ class ImagingDataset:
             The ROIs.
         label : str, optional
             Name of the set (default: the current timestamp).
+        provenance : dict, optional
+            What made the set (:func:`napari_sima.core.provenance.make_provenance`);
+            default: a record of a set saved by hand (step ``'add_ROIs'``).
 
         Returns
         -------
@@ -635,7 +642,50 @@ class ImagingDataset:
             self._memory_rois.pop(label, None)
             self._memory_rois[label] = rois
             return label
-        return save_roi_set(self._roi_folder(), rois, label)
+        return save_roi_set(self._roi_folder(), rois, label, provenance=provenance)
+
+    def provenance(self) -> dict[str, Any]:
+        """What made each stored result: the records kept next to them.
+
+        Returns
+        -------
+        dict
+            ``{'dataset': record or None, 'rois': {label: record},
+            'signals': {channel_name: {label: {'provenance': record,
+            'derived': {entry: record}}}}}``; a record is ``None`` for results stored
+            before provenance was recorded (or in a legacy SIMA folder).  Empty
+            sections for a dataset without a folder.
+        """
+        from . import signal_store
+        from .roi_store import roi_set_provenance
+
+        out: dict[str, Any] = {
+            "dataset": self.creation_provenance,
+            "rois": {},
+            "signals": {},
+        }
+        if self._savedir is None:
+            return out
+        if not self._uses_legacy_rois():
+            out["rois"] = roi_set_provenance(self._roi_folder())
+        for ch, name in enumerate(self.channel_names):
+            folder = signal_store.store_dir(self._savedir, ch)
+            sets = signal_store.signal_set_provenance(folder)
+            if sets:
+                out["signals"][name] = sets
+        return out
+
+    @property
+    def creation_provenance(self) -> dict[str, Any] | None:
+        """The record of the step that created the dataset (kept in ``dataset.json``)."""
+        return self._meta.get("provenance") or self._creation_record
+
+    @creation_provenance.setter
+    def creation_provenance(self, record: dict[str, Any] | None) -> None:
+        self._creation_record = None if record is None else dict(record)
+        self._meta = {**self._meta, "provenance": self._creation_record}
+        if self._savedir is not None and not self._read_only:
+            self.save()
 
     def delete_ROIs(self, label: str) -> None:  # noqa: N802 - SIMA's name
         """Remove an ROI set; an unknown label is silently ignored (as in SIMA)."""
@@ -767,11 +817,14 @@ class ImagingDataset:
         n_processes: int = 1,
         demix_channel: int | str | None = None,
         save_summary: bool = True,
+        *,
+        executor: cf.Executor | None = None,
+        chunk_frames: int | None = None,
     ) -> Generator[tuple[int, int], None, dict[str, Any]]:
         """Extract and store ROI signals, as a generator yielding ``(frames_done, total)``.
 
         Same parameters and result (the generator's return value) as :meth:`extract`;
-        closing the generator cancels the work.
+        closing the generator cancels the work (and an executor's unfinished chunks).
 
         See Also
         --------
@@ -789,6 +842,8 @@ class ImagingDataset:
                 n_processes=n_processes,
                 demix_channel=demix_channel,
                 save_summary=save_summary,
+                executor=executor,
+                chunk_frames=chunk_frames,
             )
         )
 
@@ -801,6 +856,9 @@ class ImagingDataset:
         n_processes: int = 1,
         demix_channel: int | str | None = None,
         save_summary: bool = True,
+        *,
+        executor: cf.Executor | None = None,
+        chunk_frames: int | None = None,
     ) -> dict[str, Any]:
         """Extract the signal of every ROI in every frame, and store it with the dataset.
 
@@ -821,6 +879,14 @@ class ImagingDataset:
             Experimental two-channel demixing (adds ``'demixed_raw'``).
         save_summary : bool
             With a folder, also write ``extractSummary_<timestamp>.png`` / ``.pdf``.
+        executor : concurrent.futures.Executor, optional
+            Split the frames into chunks computed on this executor (e.g.
+            ``client.get_executor()`` of a ``dask.distributed`` client, also inside a
+            task with ``distributed.worker_client()``); identical numbers.  Not with
+            ``n_processes > 1``.
+        chunk_frames : int, optional
+            Frames per executor task (default: about 64 MB of movie, at most 4,096
+            frames).
 
         Returns
         -------
@@ -834,7 +900,8 @@ class ImagingDataset:
         Raises
         ------
         ValueError
-            If there are no ROIs or none has a pixel, or a channel is unknown.
+            If there are no ROIs or none has a pixel, a channel is unknown, or
+            ``executor`` is given with ``n_processes > 1``.
         PermissionError
             If the dataset is read-only.
 
@@ -853,6 +920,8 @@ class ImagingDataset:
             n_processes=n_processes,
             demix_channel=demix_channel,
             save_summary=save_summary,
+            executor=executor,
+            chunk_frames=chunk_frames,
         )
 
     def signal_labels(self, channel: int | str = 0) -> list[str]:
@@ -954,13 +1023,18 @@ class ImagingDataset:
         solver: str = "oasis",
         progress: Any = None,
         n_processes: int = 1,
+        *,
+        executor: cf.Executor | None = None,
+        chunk_rows: int | None = None,
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:
         """Infer spikes of a stored signal set (default: the most recent) and store them.
 
         Returns ``(spikes, fits, parameters)``: per sequence, ``(n_rois, n_frames)``
         arrays and ``{'gamma', 'sigma', 'baseline', 'spike_scale'}`` lists over ROIs;
         they are also stored with the signal set as ``spikes``, ``spikes_fits`` and
-        ``spikes_params``.
+        ``spikes_params``.  ``executor`` (e.g. ``client.get_executor()`` of a
+        ``dask.distributed`` client) solves blocks of ``chunk_rows`` traces on its
+        workers, with identical numbers.
 
         See Also
         --------
@@ -979,9 +1053,58 @@ class ImagingDataset:
             solver=solver,
             progress=progress,
             n_processes=n_processes,
+            executor=executor,
+            chunk_rows=chunk_rows,
         )
 
     # -- exports ------------------------------------------------------------------------------
+    def export_nwb(
+        self,
+        path: str | os.PathLike,
+        channel: int | str = 0,
+        signals_label: str | None = None,
+        rois_label: str | None = None,
+        **metadata: Any,
+    ) -> Path:
+        """Write the ROIs, traces (raw, ΔF/F, spikes) and projections to an NWB file.
+
+        Needs the optional ``nwb`` extra (``pip install 'napari-sima[nwb]'``).
+
+        Parameters
+        ----------
+        path : path-like
+            Output file, written atomically.
+        channel : int or str
+            Channel whose signal set and projections are exported.
+        signals_label : str, optional
+            The signal set (default: the most recent); its ROIs are exported with it.
+        rois_label : str, optional
+            Export this ROI set without traces instead.
+        **metadata
+            ``session_description``, ``identifier``, ``session_start_time``,
+            ``experimenter``, ``institution``, ``lab``, ``imaging_rate``, ``indicator``,
+            ``location``, ``excitation_lambda``, ``emission_lambda``, ``overwrite``.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+
+        See Also
+        --------
+        napari_sima.core.nwb.export_nwb : layout of the file, defaults and errors.
+        """
+        from .nwb import export_nwb
+
+        return export_nwb(
+            self,
+            path,
+            channel=channel,
+            signals_label=signals_label,
+            rois_label=rois_label,
+            **metadata,
+        )
+
     def export_averages(
         self,
         filenames: Any,

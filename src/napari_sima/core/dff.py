@@ -28,7 +28,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["baseline", "dff"]
+__all__ = ["DFF_DEFAULTS", "baseline", "dff", "dff_parameters", "store_dff"]
+
+#: Baseline parameters used when none are given (the traces dock uses the same).
+DFF_DEFAULTS: dict[str, Any] = {"baseline": "percentile", "window": 500, "percentile": 8.0}
 
 _METHODS = ("percentile", "maximin")
 
@@ -199,3 +202,97 @@ def dff(
         out = (xf - f0) / f0
     out[~np.isfinite(out)] = np.nan
     return out.astype(out_dtype, copy=False)
+
+
+def dff_parameters(
+    baseline: str = "percentile", window: int = 500, percentile: float = 8.0, sigma: float = 10.0
+) -> dict[str, Any]:
+    """Return the parameters recorded with a stored ΔF/F (only those its baseline uses).
+
+    Raises
+    ------
+    ValueError
+        For an unknown baseline method.
+    """
+    if baseline not in _METHODS:
+        raise ValueError(f"unknown baseline method {baseline!r}; use one of {_METHODS}")
+    params: dict[str, Any] = {"baseline": baseline, "window": int(window),
+                              "percentile": float(percentile)}
+    if baseline == "maximin":
+        params["sigma"] = float(sigma)
+    return params
+
+
+def store_dff(
+    dataset: Any,
+    channel: int | str = 0,
+    label: str | None = None,
+    baseline: str = "percentile",
+    window: int = 500,
+    percentile: float = 8.0,
+    sigma: float = 10.0,
+) -> list[np.ndarray]:
+    """Compute ΔF/F of a stored signal set and store it with the set (entry ``dff``).
+
+    Parameters
+    ----------
+    dataset : ImagingDataset
+        A dataset with a folder (or in memory).
+    channel : int or str
+        The signal channel.
+    label : str, optional
+        The signal set (default: the most recent).
+    baseline, window, percentile, sigma
+        As :func:`dff`.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Per sequence, ``(n_rois, n_frames)`` float32 ΔF/F.
+
+    Raises
+    ------
+    KeyError
+        If there is no such signal set.
+    PermissionError
+        If the dataset is read-only.
+    ValueError
+        For bad baseline parameters.
+    """
+    from . import signal_store
+    from .records import dff_record
+
+    ch = dataset.resolve_channel(channel)
+    labels = dataset.signal_labels(ch)
+    if label is None:
+        if not labels:
+            raise KeyError(f"no signals stored for channel {ch} of {dataset.savedir!r}")
+        label = labels[-1]
+    if label not in labels:
+        raise KeyError(f"no signal set {label!r} for channel {ch}; stored sets: {sorted(labels)}")
+    if dataset.read_only:
+        raise PermissionError(f"the dataset {dataset.savedir!r} is read-only; ΔF/F not stored")
+    params = dff_parameters(baseline, window, percentile, sigma)
+    if dataset.savedir is None:
+        signals = signal_store.memory_store(dataset, ch)[label]
+    else:
+        signals = signal_store.dataset_signal_set(dataset.savedir, ch, label)
+    out = [
+        dff(np.asarray(r, dtype=np.float32), baseline=baseline, window=window,
+            percentile=percentile, sigma=sigma)
+        for r in signals["raw"]
+    ]
+    if dataset.savedir is None:
+        signal_store.memory_store(dataset, ch)[label] = {
+            **signals, "dff": out, "dff_parameters": params
+        }
+        return out
+    record = dff_record(dataset, ch, label, params)
+    signal_store.update_signal_set(
+        signal_store.store_dir(dataset.savedir, ch),
+        label,
+        provenance=record,
+        dff=out,
+        dff_parameters=params,
+    )
+    return out

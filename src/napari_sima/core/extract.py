@@ -54,6 +54,16 @@ threads instead.  As for any multiprocessing with ``'forkserver'``/``'spawn'``, 
 script must keep its main code under ``if __name__ == '__main__':`` (otherwise the
 workers fail and the calling process finishes alone, with a warning).
 
+``executor=`` (any :class:`concurrent.futures.Executor`, e.g. ``client.get_executor()``
+of a ``dask.distributed`` client) instead cuts every sequence into chunks of frames
+(four reading blocks, or ``chunk_frames``) and submits them all to that executor, with
+the extraction plan itself (no temporary file) and the pickled sequence; a movie held
+in memory sends each chunk's signal-channel frames instead.  The calling process only
+waits and places each chunk where one process puts it, so the numbers are the same;
+progress advances as chunks finish, and closing the generator cancels the chunks not
+finished.  The time-average pass that precedes a first extraction (when not cached)
+still runs in the calling process.
+
 Demixing (experimental)
 -----------------------
 ``demix_channel`` subtracts the static bleed-through of another channel (e.g. a red
@@ -102,6 +112,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
+
+from .records import extract_record
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataset import ImagingDataset
@@ -833,6 +845,28 @@ def _run_chunk(
     return start, stop, raw, dem
 
 
+def _run_frames(
+    block: np.ndarray, plan: _Plan, block_frames: int
+) -> tuple[int, int, np.ndarray, np.ndarray | None]:
+    """Executor task: extract frames already read (signal channel of an in-memory movie).
+
+    ``block`` is ``(n, z, y, x, 1)``; it is computed in blocks of ``block_frames``
+    frames, as the serial path does (the numbers do not depend on the blocks anyway).
+    Returns ``(0, n, raw, demixed)`` like :func:`_run_chunk`.
+    """
+    n_rows = plan.scale.size
+    n = block.shape[0]
+    raw = np.empty((n_rows, n), dtype=np.float32)
+    dem = np.empty((n_rows, n), dtype=np.float32) if plan.demix else None
+    cache: dict = {}
+    for t0 in range(0, n, block_frames):
+        r, d = _process_block(plan, block[t0 : t0 + block_frames], cache)
+        raw[:, t0 : t0 + r.shape[1]] = r
+        if dem is not None and d is not None:
+            dem[:, t0 : t0 + d.shape[1]] = d
+    return 0, n, raw, dem
+
+
 _worker_plan_cache: dict[str, _Plan] = {}
 
 
@@ -927,6 +961,28 @@ def _default_block_frames(seq: Sequence) -> int:
     return int(max(1, min(1024, BLOCK_BYTES // frame_bytes)))
 
 
+def _frame_chunks(
+    sequences: list, block_frames: int | None, chunk_frames: int | None = None
+) -> list[tuple[int, int, int, int]]:
+    """Cut every sequence into chunks of frames ``(sequence, start, stop, block_frames)``.
+
+    A chunk is :data:`_CHUNK_BLOCKS` reading blocks (``block_frames``, by default about
+    16 MB of the stored movie), or ``chunk_frames`` frames when given (then read in
+    blocks of at most that many frames).  Chunks never span two sequences.
+    """
+    chunks: list[tuple[int, int, int, int]] = []
+    for si, seq in enumerate(sequences):
+        bf = block_frames or _default_block_frames(seq)
+        if chunk_frames is None:
+            size = max(bf, (_CHUNK_BLOCKS * bf))
+        else:
+            size = chunk_frames
+            bf = min(bf, chunk_frames)
+        for start in range(0, len(seq), size):
+            chunks.append((si, start, min(len(seq), start + size), bf))
+    return chunks
+
+
 def _check_n_processes(n_processes: Any) -> int:
     if isinstance(n_processes, bool) or not isinstance(n_processes, (int, np.integer)):
         raise ValueError(f"n_processes must be a positive integer, got {n_processes!r}")
@@ -964,6 +1020,9 @@ def iter_extract_rois(
     n_processes: int = 1,
     demix_channel: int | str | None = None,
     block_frames: int | None = None,
+    *,
+    executor: cf.Executor | None = None,
+    chunk_frames: int | None = None,
 ) -> Generator[tuple[int, int], None, dict[str, Any]]:
     """Extract ROI signals, as a generator yielding progress (see :func:`extract_rois`).
 
@@ -971,16 +1030,21 @@ def iter_extract_rois(
     ------
     (frames_done, total)
         Progress; when the time averages must first be computed, that pass counts
-        as the first half.  Closing the generator cancels the work.
+        as the first half.  With an executor, it advances as chunks of frames
+        finish.  Closing the generator cancels the work (with an executor, the
+        chunks not finished are cancelled).
 
     Returns
     -------
     dict
         The signals (see :func:`extract_rois`), as the generator's return value.
     """
+    from ._executor import check_chunk_size, check_executor
     from .dataset import timestamp as _timestamp
 
     n_proc = _check_n_processes(n_processes)
+    executor = check_executor(executor, n_proc)
+    chunk_frames = check_chunk_size(chunk_frames, "chunk_frames")
     channel = dataset.resolve_channel(signal_channel)
     demix = None if demix_channel is None else dataset.resolve_channel(demix_channel)
     if demix is not None and demix == channel:
@@ -1038,7 +1102,13 @@ def iter_extract_rois(
 
     done = 0
     yield base, grand
-    if n_proc == 1 or total == 0:
+    if executor is not None and total:
+        for d_done in _run_executor(
+            sequences, plan, executor, block_frames, chunk_frames, place
+        ):
+            done += d_done
+            yield base + done, grand
+    elif n_proc == 1 or total == 0:
         for si, seq in enumerate(sequences):
             bf = block_frames or _default_block_frames(seq)
             for t0, r, d in _iter_range(seq, 0, len(seq), plan, bf):
@@ -1103,12 +1173,7 @@ def _run_parallel(
     from collections import deque
 
     in_memory = any(_holds_memory_data(s) for s in sequences)
-    chunks: list[tuple[int, int, int, int]] = []  # (sequence, start, stop, block_frames)
-    for si, seq in enumerate(sequences):
-        bf = block_frames or _default_block_frames(seq)
-        size = max(bf, (_CHUNK_BLOCKS * bf))
-        for start in range(0, len(seq), size):
-            chunks.append((si, start, min(len(seq), start + size), bf))
+    chunks = _frame_chunks(sequences, block_frames)  # (sequence, start, stop, block_frames)
     regions = [_read_region(seq, plan.channel) for seq in sequences]
     n_workers = n_proc - 1
     plan_file: str | None = None
@@ -1271,6 +1336,63 @@ def _run_parallel(
                 os.unlink(plan_file)
 
 
+def _run_executor(
+    sequences: list,
+    plan: _Plan,
+    executor: cf.Executor,
+    block_frames: int | None,
+    chunk_frames: int | None,
+    place: Callable[[int, int, np.ndarray, np.ndarray | None], int],
+) -> Generator[int, None, None]:
+    """Extract chunks of frames on a caller's executor; yield the frames placed.
+
+    Every chunk (:func:`_frame_chunks`) is submitted at once, with the plan itself
+    (pickled by the executor: no temporary file, so workers may run on other
+    machines) and the :class:`~napari_sima.core.sequence.Sequence`, which reopens its
+    files in the worker; for a movie held in memory the chunk's frames of the signal
+    channel are read here and sent instead of the whole array.  This process then only
+    waits and places each chunk's rows where the serial path puts them.  Closing the
+    generator (or a failing chunk) cancels the chunks not finished.
+    """
+    from ._executor import cancel, completed
+
+    chunks = _frame_chunks(sequences, block_frames, chunk_frames)
+    in_memory = [_holds_memory_data(s) for s in sequences]
+    n_rows = plan.scale.size
+    futures: dict[cf.Future, int] = {}
+    try:
+        for i, (si, start, stop, bf) in enumerate(chunks):
+            seq = sequences[si]
+            if in_memory[si]:
+                block = seq._read(range(start, stop), _read_region(seq, plan.channel))
+                fut = executor.submit(_run_frames, block, plan, bf)
+                del block
+            else:
+                fut = executor.submit(_run_chunk, seq, start, stop, plan, bf)
+            futures[fut] = i
+    except BaseException:
+        cancel(futures)
+        raise
+
+    def describe(i: int) -> str:
+        si, start, stop, _ = chunks[i]
+        return f"the signals of frames {start}:{stop} of sequence {si}"
+
+    results = completed(futures, describe)
+    try:
+        for i, (_, _, r, d) in results:
+            si, start, stop, _ = chunks[i]
+            if r.shape != (n_rows, stop - start):
+                raise RuntimeError(
+                    f"the executor returned signals of shape {r.shape} for frames "
+                    f"{start}:{stop} of sequence {si}, expected {(n_rows, stop - start)} "
+                    f"(do its workers run the same napari-sima version?)"
+                )
+            yield place(si, start, r, d)
+    finally:
+        results.close()
+
+
 def extract_rois(
     dataset: ImagingDataset,
     rois: Iterable[ROI],
@@ -1279,6 +1401,9 @@ def extract_rois(
     n_processes: int = 1,
     demix_channel: int | str | None = None,
     block_frames: int | None = None,
+    *,
+    executor: cf.Executor | None = None,
+    chunk_frames: int | None = None,
 ) -> dict[str, Any]:
     """Extract the signal of every ROI in every frame of a dataset (spec section 5).
 
@@ -1300,6 +1425,18 @@ def extract_rois(
         notes); adds ``'demixed_raw'``.
     block_frames : int, optional
         Frames read at a time (default: about 16 MB).
+    executor : concurrent.futures.Executor, optional
+        Split the frames over this executor's workers, e.g. ``client.get_executor()``
+        of a ``dask.distributed`` client (also from ``distributed.worker_client()``
+        inside a task), a ``ProcessPoolExecutor`` or a ``ThreadPoolExecutor``.  Each
+        chunk of frames is one task; the results are placed exactly as one process
+        places them (identical numbers).  Workers reopen the movie files by their
+        paths, so remote workers need the same paths.  Cannot be combined with
+        ``n_processes > 1``.
+    chunk_frames : int, optional
+        Frames per executor task (default: four reading blocks of ``block_frames``,
+        i.e. about 64 MB of movie and at most 4,096 frames).  Used only with
+        ``executor``.
 
     Returns
     -------
@@ -1315,8 +1452,11 @@ def extract_rois(
     Raises
     ------
     ValueError
-        If no ROI has a pixel, the ROI list is empty, a channel is unknown, or
-        ``n_processes`` is not a positive integer.
+        If no ROI has a pixel, the ROI list is empty, a channel is unknown,
+        ``n_processes`` or ``chunk_frames`` is not a positive integer, or
+        ``executor`` is given with ``n_processes > 1``.
+    TypeError
+        If ``executor`` is not a :class:`concurrent.futures.Executor`.
 
     Warns
     -----
@@ -1331,6 +1471,8 @@ def extract_rois(
         n_processes=n_processes,
         demix_channel=demix_channel,
         block_frames=block_frames,
+        executor=executor,
+        chunk_frames=chunk_frames,
     )
     return _drain(gen)
 
@@ -1365,6 +1507,20 @@ def _resolve_rois(dataset: ImagingDataset, rois: Any) -> Any:
     return rois
 
 
+def _rois_label(dataset: ImagingDataset, rois: Any) -> str | None:
+    """Label of the stored set that ``rois`` names (None for ROIs passed directly)."""
+    if isinstance(rois, str):
+        return rois
+    if rois is None and dataset.savedir is not None:
+        from .roi_store import most_recent_label, roi_set_timestamps
+
+        try:  # the index only: the sets themselves are read once, by _resolve_rois
+            return most_recent_label(roi_set_timestamps(dataset.savedir))
+        except (OSError, ValueError):
+            return None
+    return None
+
+
 def iter_extract(
     dataset: ImagingDataset,
     rois: Any = None,
@@ -1375,6 +1531,9 @@ def iter_extract(
     demix_channel: int | str | None = None,
     save_summary: bool = True,
     block_frames: int | None = None,
+    *,
+    executor: cf.Executor | None = None,
+    chunk_frames: int | None = None,
 ) -> Generator[tuple[int, int], None, dict[str, Any]]:
     """Extract signals and store them with the dataset, as a generator.
 
@@ -1388,7 +1547,7 @@ def iter_extract(
         Channel to extract.
     label : str, optional
         Name of the stored signal set (default: the extraction timestamp).
-    remove_overlap, n_processes, demix_channel, block_frames
+    remove_overlap, n_processes, demix_channel, block_frames, executor, chunk_frames
         See :func:`extract_rois`.
     save_summary : bool
         With a dataset folder, write ``extractSummary_<timestamp>.png`` and ``.pdf``
@@ -1397,7 +1556,8 @@ def iter_extract(
     Yields
     ------
     (frames_done, total)
-        Progress.
+        Progress.  Closing the generator cancels the work (and any executor tasks
+        not finished); nothing is stored.
 
     Returns
     -------
@@ -1414,6 +1574,7 @@ def iter_extract(
     """
     from . import signal_store
 
+    rois_label = _rois_label(dataset, rois)
     rois = _resolve_rois(dataset, rois)
     if dataset.savedir is not None:
         dataset._check_writable()
@@ -1425,6 +1586,8 @@ def iter_extract(
         n_processes=n_processes,
         demix_channel=demix_channel,
         block_frames=block_frames,
+        executor=executor,
+        chunk_frames=chunk_frames,
     )
     label = result["timestamp"] if label is None else str(label)
     parameters: dict[str, Any] = {
@@ -1445,11 +1608,20 @@ def iter_extract(
                     RuntimeWarning,
                     stacklevel=2,
                 )
+        record = extract_record(
+            dataset,
+            rois_label,
+            len(result["rois"]),
+            result["signal_channel"],
+            remove_overlap,
+            result.get("demix_channel"),
+        )
         signal_store.save_signal_set(
             signal_store.store_dir(dataset.savedir, result["signal_channel"]),
             result,
             label,
             parameters=parameters,
+            provenance=record,
         )
     else:
         signal_store.memory_store(dataset, result["signal_channel"])[label] = result
@@ -1466,6 +1638,9 @@ def extract(
     demix_channel: int | str | None = None,
     save_summary: bool = True,
     block_frames: int | None = None,
+    *,
+    executor: cf.Executor | None = None,
+    chunk_frames: int | None = None,
 ) -> dict[str, Any]:
     """Extract signals and store them with the dataset (see :func:`iter_extract`)."""
     return _drain(
@@ -1479,6 +1654,8 @@ def extract(
             demix_channel=demix_channel,
             save_summary=save_summary,
             block_frames=block_frames,
+            executor=executor,
+            chunk_frames=chunk_frames,
         )
     )
 

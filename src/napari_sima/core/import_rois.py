@@ -646,7 +646,10 @@ def default_target_label(target: ImagingDataset, source_label: str) -> str:
 
 
 def store_transformed_ROIs(  # noqa: N802
-    target: ImagingDataset, result: TransformedROIs, target_label: str | None = None
+    target: ImagingDataset,
+    result: TransformedROIs,
+    target_label: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> str:
     """Store previewed ROIs in the target dataset; return the label used.
 
@@ -657,6 +660,9 @@ def store_transformed_ROIs(  # noqa: N802
         From :func:`transformed_ROIs`.
     target_label : str, optional
         Default: :func:`default_target_label`.
+    provenance : dict, optional
+        Record kept with the stored set; default: step ``'transform-import'`` with the
+        method, the anchor and source labels and the estimated transforms.
 
     Raises
     ------
@@ -677,7 +683,25 @@ def store_transformed_ROIs(  # noqa: N802
         if target_label is None
         else str(target_label)
     )
-    return target.add_ROIs(result.rois, label=label)
+    if provenance is None:
+        from .provenance import make_provenance
+
+        provenance = make_provenance(
+            "transform-import",
+            {
+                "method": result.method,
+                "transforms": [
+                    None if t is None else getattr(t, "params", repr(t))
+                    for t in result.transforms
+                ],
+            },
+            {
+                "source_rois": {"label": result.source_label},
+                "anchor_rois": {"label": result.anchor_label},
+                "dropped": list(result.dropped),
+            },
+        )
+    return target.add_ROIs(result.rois, label=label, provenance=provenance)
 
 
 def iter_import_transformed_ROIs(  # noqa: N802

@@ -213,7 +213,10 @@ def load_roi_sets(path: str | os.PathLike) -> dict[str, ROIList]:
 
 
 def save_roi_set(
-    path: str | os.PathLike, rois: ROIList | list[ROI], label: str | None = None
+    path: str | os.PathLike,
+    rois: ROIList | list[ROI],
+    label: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> str:
     """Add (or replace) an ROI set in a store, atomically.
 
@@ -225,17 +228,34 @@ def save_roi_set(
         The ROIs.
     label : str, optional
         Name of the set (default: the current timestamp).
+    provenance : dict, optional
+        What made the set (:func:`napari_sima.core.provenance.make_provenance`),
+        kept in the index next to it; default: a record of a set saved by hand
+        (step ``'add_ROIs'``).
 
     Returns
     -------
     str
         The label used.
     """
+    from .provenance import edit_provenance
+
     timestamp = now_timestamp()
     label = timestamp if label is None else str(label)
     arrays = _encode(ROIList(list(rois)), timestamp)
-    _store(path).write(arrays, label, {"timestamp": timestamp, "n_rois": len(rois)})
+    record = dict(provenance) if provenance else edit_provenance("add_ROIs")
+    _store(path).write(
+        arrays, label, {"timestamp": timestamp, "n_rois": len(rois), "provenance": record}
+    )
     return label
+
+
+def roi_set_provenance(path: str | os.PathLike) -> dict[str, dict[str, Any] | None]:
+    """Return ``{label: provenance record or None}`` of the sets in a store (empty when none)."""
+    store = _store(path)
+    if not store.exists():
+        return {}
+    return {k: v.get("provenance") for k, v in store.read_index()["sets"].items()}
 
 
 def delete_roi_set(path: str | os.PathLike, label: str) -> bool:

@@ -38,6 +38,7 @@ import numpy as np
 
 from . import storage
 from ._setstore import INDEX_FILE, SetStore
+from .provenance import edit_provenance
 
 __all__ = [
     "dataset_signal_set",
@@ -49,6 +50,7 @@ __all__ = [
     "load_signal_sets",
     "memory_store",
     "save_signal_set",
+    "signal_set_provenance",
     "signal_set_info",
     "signal_set_timestamps",
     "store_dir",
@@ -270,6 +272,20 @@ def signal_set_info(folder: str | os.PathLike, label: str | None = None) -> dict
     return _store(folder).info(label)[1]
 
 
+def signal_set_provenance(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Return ``{label: {'provenance': record, 'derived': {entry: record}}}`` of a store.
+
+    Records are ``None`` for sets saved before napari-sima recorded provenance.
+    """
+    store = _store(folder)
+    if not store.exists():
+        return {}
+    return {
+        k: {"provenance": v.get("provenance"), "derived": dict(v.get("derived") or {})}
+        for k, v in store.read_index()["sets"].items()
+    }
+
+
 def load_signal_set(folder: str | os.PathLike, label: str | None = None) -> dict[str, Any]:
     """Read one signal set (default: the most recent).
 
@@ -305,6 +321,7 @@ def save_signal_set(
     signals: dict[str, Any],
     label: str | None = None,
     parameters: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> str:
     """Add (or replace) a signal set in a store, atomically.
 
@@ -317,7 +334,10 @@ def save_signal_set(
     label : str, optional
         Name of the set (default: the signals' timestamp).
     parameters : dict, optional
-        JSON-compatible provenance (extraction options, ...).
+        JSON-compatible extraction options.
+    provenance : dict, optional
+        What made the set (:func:`napari_sima.core.provenance.make_provenance`), kept
+        in the index next to it; default: a record of a set saved by hand.
 
     Returns
     -------
@@ -336,13 +356,20 @@ def save_signal_set(
         "entries": sorted(meta["extra"]),
         "parameters": meta["parameters"],
         "saved": _now(),
+        "provenance": dict(provenance) if provenance else edit_provenance(
+            "save_signal_set", meta["parameters"]
+        ),
     }
     _store(folder).write(arrays, label, info, compress=False)
     return label
 
 
 def update_signal_set(
-    folder: str | os.PathLike, label: str, **entries: Any
+    folder: str | os.PathLike,
+    label: str,
+    *,
+    provenance: dict[str, Any] | None = None,
+    **entries: Any,
 ) -> None:
     """Add or replace extra entries of a stored set (e.g. ``dff=[...]``), atomically.
 
@@ -352,6 +379,9 @@ def update_signal_set(
         The store folder.
     label : str
         The set.
+    provenance : dict, optional
+        What made the entries (e.g. an ``'infer-spikes'`` record); kept in the index
+        under ``derived[<entry>]`` (default: a record of entries saved by hand).
     **entries
         Arrays, lists of arrays (one per sequence) or JSON-compatible values; a value
         of ``None`` removes the entry.  Core keys (``raw``, ``rois``, ...) cannot be
@@ -397,7 +427,17 @@ def update_signal_set(
             extras[key] = {"kind": "json", "value": _jsonable(value, f"signal entry {key!r}")}
     meta["extra"] = extras
     new_arrays["meta"] = np.asarray(json.dumps(meta))
-    store.write(new_arrays, label, {**info, "entries": sorted(extras)}, compress=False)
+    record = dict(provenance) if provenance else edit_provenance("update_signal_set")
+    derived = {k: v for k, v in dict(info.get("derived") or {}).items() if k in extras}
+    for key, value in entries.items():
+        if value is not None:
+            derived[key] = record
+    store.write(
+        new_arrays,
+        label,
+        {**info, "entries": sorted(extras), "derived": derived},
+        compress=False,
+    )
 
 
 def _is_entry_part(name: str, key: str) -> bool:

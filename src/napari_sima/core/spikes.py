@@ -35,6 +35,8 @@ it contains no SIMA or OASIS code.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -739,8 +741,13 @@ def _solve_chunks(
     mode: str,
     solver: str,
     n_processes: int,
+    executor: cf.Executor | None = None,
 ) -> Iterator[tuple[list[tuple[int, int]], tuple]]:
-    """Yield ``(chunk, results)`` for every block of ``(sequence, roi)`` rows, in order."""
+    """Yield ``(chunk, results)`` for every block of ``(sequence, roi)`` rows.
+
+    In order, except with an ``executor``: then every block is submitted at once and
+    yielded as it finishes (closing the iterator cancels the blocks not finished).
+    """
 
     def job(chunk: list[tuple[int, int]]) -> tuple:
         return (
@@ -751,6 +758,28 @@ def _solve_chunks(
             solver,
         )
 
+    if executor is not None:
+        from ._executor import cancel, completed
+
+        submitted: dict[Any, int] = {}
+        try:
+            for k, chunk in enumerate(chunks):
+                submitted[executor.submit(_solve_rows, *job(chunk))] = k
+        except BaseException:
+            cancel(submitted)
+            raise
+
+        def describe(k: int) -> str:
+            (q0, i0), (q1, i1) = chunks[k][0], chunks[k][-1]
+            return f"the spikes of traces (sequence {q0}, ROI {i0}) to ({q1}, {i1})"
+
+        results = completed(submitted, describe)
+        try:
+            for k, result in results:
+                yield chunks[k], result
+        finally:
+            results.close()
+        return
     if n_processes <= 1 or len(chunks) <= 1:
         for chunk in chunks:
             yield chunk, _solve_rows(*job(chunk))
@@ -794,6 +823,9 @@ def infer_spikes(
     solver: str = "oasis",
     progress: Callable[[int, int], Any] | None = None,
     n_processes: int = 1,
+    *,
+    executor: cf.Executor | None = None,
+    chunk_rows: int | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, list[Any]]]]:
     """Infer the spikes of every ROI of a stored signal set, and store them with it.
 
@@ -817,14 +849,25 @@ def infer_spikes(
     solver : {'oasis', 'cvxpy'}
     progress : callable, optional
         Called as ``progress(done, total)`` after each trace (each block of
-        :data:`SPIKES_CHUNK_ROWS` traces with ``n_processes > 1``); an exception it
-        raises stops the work (nothing is stored).
+        :data:`SPIKES_CHUNK_ROWS` traces with ``n_processes > 1``, each finished
+        block with an executor); an exception it raises stops the work (nothing is
+        stored; an executor's blocks not finished are cancelled).
     n_processes : int
         Processes solving blocks of ROIs in parallel (default 1: in this process).
         With more, blocks of :data:`SPIKES_CHUNK_ROWS` traces go to a shared
         ``forkserver`` pool (the one of :mod:`napari_sima.core.extract`); the results
         are identical to one process.  Scripts must keep their main code under
         ``if __name__ == '__main__':``.
+    executor : concurrent.futures.Executor, optional
+        Solve blocks of traces on this executor instead, e.g. ``client.get_executor()``
+        of a ``dask.distributed`` client (also from ``distributed.worker_client()``
+        inside a task), a ``ProcessPoolExecutor`` or a ``ThreadPoolExecutor``.  All
+        blocks are submitted at once; this process waits and places each block's
+        results where one process puts them (identical numbers).  Cannot be combined
+        with ``n_processes > 1``.
+    chunk_rows : int, optional
+        Traces (ROI x sequence) per executor task (default
+        :data:`SPIKES_CHUNK_ROWS`).  Used only with ``executor``.
 
     Returns
     -------
@@ -835,6 +878,16 @@ def infer_spikes(
         Per sequence, ``{'gamma': [...], 'sigma': [...], 'baseline': [...],
         'spike_scale': [...]}`` (one entry per ROI).
 
+    Raises
+    ------
+    ValueError
+        For an unknown mode, ``n_processes`` or ``chunk_rows`` that is not a positive
+        integer, or ``executor`` given with ``n_processes > 1``.
+    TypeError
+        If ``executor`` is not a :class:`concurrent.futures.Executor`.
+    KeyError
+        If the channel has no (such) signal set.
+
     Notes
     -----
     The results are stored in the signal set as ``spikes``, ``spikes_fits`` and
@@ -842,9 +895,13 @@ def infer_spikes(
     for a read-only dataset).
     """
     from . import signal_store
+    from ._executor import check_chunk_size, check_executor
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+    n_proc = _check_processes(n_processes)
+    executor = check_executor(executor, n_proc)
+    chunk_rows = check_chunk_size(chunk_rows, "chunk_rows")
     ch = dataset.resolve_channel(channel)
     labels = dataset.signal_labels(ch)
     if not labels:
@@ -895,7 +952,6 @@ def infer_spikes(
         gammas = [float(x) for x in gv]
 
     # -- inference -----------------------------------------------------------------------
-    n_proc = _check_processes(n_processes)
     total = len(raw) * n_rois
     rows = [(q, i) for q in range(len(raw)) for i in range(n_rois) if valid[i]]
     spikes_out = [np.full(r.shape, np.nan) for r in raw]
@@ -906,19 +962,24 @@ def infer_spikes(
     done = skipped
     if progress is not None and skipped:
         progress(done, total)
-    per = 1 if n_proc == 1 else SPIKES_CHUNK_ROWS
+    if executor is not None:
+        per = chunk_rows or SPIKES_CHUNK_ROWS
+    else:
+        per = 1 if n_proc == 1 else SPIKES_CHUNK_ROWS
     chunks = [rows[k:k + per] for k in range(0, len(rows), per)]
-    for chunk, result in _solve_chunks(chunks, raw, sigmas, gammas, mode, solver, n_proc):
-        for (q, i), sp, ft, base, scale in zip(chunk, *result, strict=True):
-            spikes_out[q][i] = sp
-            fits_out[q][i] = ft
-            bases[q, i] = base
-            scales[q, i] = scale
-        done += len(chunk)
-        if progress is not None:
-            progress(done, total)
-        if verbose:
-            print(f"infer_spikes: {done}/{total} traces done")
+    solved = _solve_chunks(chunks, raw, sigmas, gammas, mode, solver, n_proc, executor)
+    with contextlib.closing(solved):  # an exception from progress() cancels at once
+        for chunk, result in solved:
+            for (q, i), sp, ft, base, scale in zip(chunk, *result, strict=True):
+                spikes_out[q][i] = sp
+                fits_out[q][i] = ft
+                bases[q, i] = base
+                scales[q, i] = scale
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+            if verbose:
+                print(f"infer_spikes: {done}/{total} traces done")
     params_out: list[dict[str, list[Any]]] = []
     for q in range(len(raw)):
         par: dict[str, list[Any]] = {"gamma": [], "sigma": [], "baseline": [],
@@ -946,8 +1007,13 @@ def infer_spikes(
         warnings.warn("read-only dataset: spikes not stored", UserWarning, stacklevel=2)
     else:
         folder = signal_store.store_dir(savedir, ch)
+        from .records import spikes_record
+
+        record = spikes_record(dataset, ch, label, gamma, share_gamma, mode, solver)
         if (folder / signal_store.INDEX_FILE).exists():
-            signal_store.update_signal_set(folder, label, **_json_safe(entries))
+            signal_store.update_signal_set(
+                folder, label, provenance=record, **_json_safe(entries)
+            )
         else:  # a legacy SIMA folder: write the set (with the spikes) in our store
             signal_store.save_signal_set(folder, {**signals, **_json_safe(entries)}, label)
     return spikes_out, fits_out, params_out

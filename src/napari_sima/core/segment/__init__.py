@@ -21,7 +21,13 @@ Building blocks
 from .affinity import AffinityMatrix, AffinityMatrixCA1PC, BasicAffinityMatrix
 from .base import PostProcessingStep, SegmentationStrategy, SegmentProgress
 from .ca1pc import CA1PCNucleus, PlaneCA1PC
-from .defaults import DEFAULT_STRATEGY, STRATEGIES, default_strategy, make_strategy
+from .defaults import (
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    configure_strategy,
+    default_strategy,
+    make_strategy,
+)
 from .evaluate import MatchResult, match_rois
 from .normcut import PlaneNormalizedCuts
 from .opca import dataset_opca, iter_dataset_opca, offset_pca
@@ -60,6 +66,7 @@ __all__ = [
     "dataset_opca",
     "default_strategy",
     "iter_dataset_opca",
+    "configure_strategy",
     "make_strategy",
     "match_rois",
     "offset_pca",

@@ -25,6 +25,7 @@ __all__ = [
     "STRATEGIES",
     "ca1pc",
     "default_strategy",
+    "configure_strategy",
     "make_strategy",
     "normcuts",
     "normcuts_sima",
@@ -311,3 +312,85 @@ def default_strategy(
     5
     """
     return make_strategy(DEFAULT_STRATEGY, channel, num_planes=num_planes, seed=seed)
+
+
+def _coerce_value(name: str, value: Any, current: Any, where: str) -> Any:
+    """Convert a parameter value (often a string from a command line) to the field's type."""
+    if isinstance(value, str) and not isinstance(current, str):
+        text = value.strip()
+        if text.lower() in ("none", "null"):
+            return None
+        if isinstance(current, bool):
+            if text.lower() in ("true", "yes", "1", "on"):
+                return True
+            if text.lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(f"{where}: {name}={value!r} is not a boolean (true/false)")
+        try:
+            import json
+
+            return json.loads(text)
+        except ValueError:
+            return text  # e.g. a channel name; the strategy's own checks judge it
+    return value
+
+
+def configure_strategy(
+    strategy: SegmentationStrategy, params: dict[str, Any] | None, where: str = "segment"
+) -> SegmentationStrategy:
+    """Return a copy of ``strategy`` with some of its parameters replaced.
+
+    Parameters
+    ----------
+    strategy : SegmentationStrategy
+        E.g. ``make_strategy('stica')``.  For a ``PlaneWiseSegmentation`` the
+        parameters apply to its plane strategy (every plane).
+    params : dict
+        ``{field: value}``; values may be strings (``'20'``, ``'0.5'``, ``'true'``,
+        ``'[1, 2]'``), converted to the field's type.  Post-processing steps are kept.
+    where : str
+        Prefix of error messages (the command or pipeline step).
+
+    Returns
+    -------
+    SegmentationStrategy
+
+    Raises
+    ------
+    ValueError
+        For a parameter the strategy does not have (the message lists those it has),
+        or a value the strategy refuses.
+    """
+    import copy
+    import dataclasses
+
+    if not params:
+        return copy.deepcopy(strategy)
+    from .planewise import PlaneWiseSegmentation
+
+    if isinstance(strategy, PlaneWiseSegmentation):
+        inner = strategy.plane_strategy
+        if isinstance(inner, list):
+            configured: Any = [configure_strategy(s, params, where) for s in inner]
+        else:
+            configured = configure_strategy(inner, params, where)
+        out = copy.deepcopy(strategy)
+        out.plane_strategy = configured
+        return out
+    if not dataclasses.is_dataclass(strategy):
+        raise ValueError(f"{where}: {type(strategy).__name__} has no settable parameters")
+    fields = {f.name: f for f in dataclasses.fields(strategy) if f.init}
+    changes = {}
+    for name, value in params.items():
+        if name not in fields:
+            raise ValueError(
+                f"{where}: {type(strategy).__name__} has no parameter {name!r}; its "
+                f"parameters are {sorted(fields)}"
+            )
+        changes[name] = _coerce_value(name, value, getattr(strategy, name), where)
+    try:
+        out = dataclasses.replace(strategy, **changes)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+    out.steps = copy.deepcopy(list(strategy.steps))
+    return out

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
+from ..records import segment_record
 from ..roi import ROI, ROIList
 from .base import SegmentationStrategy, SegmentGenerator, SegmentProgress, drive, scaled
 
@@ -326,7 +327,8 @@ def iter_segment_dataset(
     rois = yield from scaled(found, 0.0, 0.99)
     rois = ROIList(list(rois))
     yield SegmentProgress(0.99, f"storing {len(rois)} ROIs")
-    stored = dataset.add_ROIs(rois, label)
+    record = segment_record(dataset, strategy, None if planes is None else chosen)
+    stored = dataset.add_ROIs(rois, label, provenance=record)
     yield SegmentProgress(1.0, f"{len(rois)} ROIs stored as {stored!r}")
     return rois
 
