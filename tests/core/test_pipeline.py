@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sima.core import ROI, ImagingDataset
-from napari_sima.core import signal_store
+from napari_sima.core import ROI, ImagingDataset, signal_store
 from napari_sima.core.imagej import write_imagej_rois
 from napari_sima.core.pipeline import (
     PipelineError,
@@ -190,11 +189,12 @@ def test_run_then_rerun_skips_everything_and_records_provenance(tmp_path):
     assert side["step"] == "export"
 
     before = stored_results(report.dataset)
-    index_before = (Path(report.dataset) / "signals" / "channel_0" / "index.json").read_bytes()
+    index_path = Path(report.dataset) / "signals" / "channel_0" / "index.json"
+    index_before = index_path.read_bytes()
     again = run_pipeline(pipeline, movie)
     assert again.ok
     assert [s.status for s in again.steps] == ["skipped"] * 6
-    assert (Path(report.dataset) / "signals" / "channel_0" / "index.json").read_bytes() == index_before
+    assert index_path.read_bytes() == index_before
     assert_same_results(before, stored_results(report.dataset))
 
 
@@ -412,3 +412,40 @@ def test_the_documented_example_pipeline_loads():
     assert [s.name for s in pipeline.steps] == [
         "create", "segment", "extract", "dff", "infer-spikes", "export"
     ]
+
+
+def test_transform_import_from_a_reference_session(tmp_path):
+    """Day 2 is day 1 shifted: the reference's ROIs land shifted, and a rerun skips."""
+    movie = make_calcium_movie(
+        num_frames=120, frame_shape=(1, 128, 128, 1), num_sequences=1, num_cells=20, seed=21
+    )
+    frames = np.asarray(movie.sequences[0])[:, 0, :, :, 0]
+    tifffile.imwrite(tmp_path / "day1.tif", frames)
+    tifffile.imwrite(tmp_path / "day2.tif", np.roll(frames, (4, -6), axis=(1, 2)))
+    rois = [ROI(mask=m, id=f"c{i}") for i, m in enumerate(movie.true_masks())]
+    write_imagej_rois(tmp_path / "day1_RoiSet.zip", rois)
+    first = "steps:\n  - create: {}\n  - import-rois: {file: day1_RoiSet.zip, label: cells}\n"
+    assert run_pipeline(load_pipeline(write_pipeline(tmp_path, first, "a.yaml")),
+                        tmp_path / "day1.tif").ok
+    text = (
+        "steps:\n  - create: {}\n"
+        "  - transform-import: {reference: day1.sima, source_label: cells, method: euclidean}\n"
+        "  - extract: {}\n"
+    )
+    pipeline = load_pipeline(write_pipeline(tmp_path, text, "b.yaml"))
+    report = run_pipeline(pipeline, tmp_path / "day2.tif")
+    assert report.ok, report.error
+    day2 = ImagingDataset.load(report.dataset)
+    moved = day2.ROIs["cells"]
+    assert len(moved) == len(rois)
+    for src, dst in zip(rois, moved, strict=True):
+        assert dst.id == src.id
+        expected = np.roll(src.mask[0].toarray(), (4, -6), axis=(0, 1))
+        overlap = (expected & (dst.mask[0].toarray() > 0)).sum() / expected.sum()
+        assert overlap > 0.8, (src.id, overlap)
+    rec = day2.provenance()["rois"]["cells"]
+    assert rec["step"] == "transform-import" and rec["parameters"]["method"] == "euclidean"
+    assert rec["inputs"]["reference_rois"]["label"] == "cells"
+    assert len(rec["parameters"]["transforms"]) == 1
+    again = run_pipeline(pipeline, tmp_path / "day2.tif")
+    assert [s.status for s in again.steps] == ["skipped"] * 3

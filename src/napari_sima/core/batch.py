@@ -81,7 +81,7 @@ class BatchReport:
 
 @contextlib.contextmanager
 def _dask_split_executor() -> Generator[Executor, None, None]:
-    """The cluster as an executor, from inside a task (the task leaves its slot)."""
+    """Give the cluster as an executor, from inside a task (the task leaves its slot)."""
     from distributed import worker_client
 
     with worker_client() as client:
@@ -156,7 +156,9 @@ def run_batch(
         If the scheduler cannot be reached.
     """
     if not isinstance(pipeline, Pipeline):
-        raise TypeError(f"pipeline must be a Pipeline (load_pipeline), got {type(pipeline).__name__}")
+        raise TypeError(
+            f"pipeline must be a Pipeline (load_pipeline), got {type(pipeline).__name__}"
+        )
     chosen = [x is not None for x in (scheduler, n_workers, client)]
     if sum(chosen) > 1:
         raise ValueError("give at most one of scheduler, n_workers (local cluster) and client")
@@ -206,7 +208,9 @@ def run_batch(
                 try:
                     client = stack.enter_context(Client(scheduler, timeout="20s"))
                 except (OSError, TimeoutError) as err:
-                    raise OSError(f"cannot reach the Dask scheduler at {scheduler!r}: {err}") from None
+                    raise OSError(
+                        f"cannot reach the Dask scheduler at {scheduler!r}: {err}"
+                    ) from None
                 mode = f"scheduler {scheduler}"
         else:
             mode = f"client {getattr(client, 'scheduler', None) and client.scheduler.address}"

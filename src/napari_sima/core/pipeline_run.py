@@ -608,7 +608,9 @@ def iter_run_pipeline(
         Closing the generator cancels the step running (nothing half-written is left).
     """
     if not isinstance(pipeline, Pipeline):
-        raise TypeError(f"pipeline must be a Pipeline (load_pipeline), got {type(pipeline).__name__}")
+        raise TypeError(
+            f"pipeline must be a Pipeline (load_pipeline), got {type(pipeline).__name__}"
+        )
     target = os.path.abspath(os.fspath(target))
     base = Path(target).parent
     stem = Path(target).stem
