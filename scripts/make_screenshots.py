@@ -435,6 +435,53 @@ def sessions_screenshot(outdir: Path) -> Path:
         return _save(viewer, outdir, "sessions.png")
 
 
+#: The pipeline run for ``pipeline.png`` (on the demo's sample, saved to a temporary folder).
+SCREENSHOT_PIPELINE = """\
+name: signals-and-spikes
+steps:
+  - extract: {rois: true cells, label: signals}
+  - dff: {window: 100, percentile: 10}
+  - infer-spikes: {mode: correct}
+  - export: {signals: "{name}_signals.csv"}
+"""
+
+
+def pipeline_screenshot(outdir: Path) -> Path:
+    """Open the demo, save the sample to a folder, run a pipeline on it, save ``pipeline.png``.
+
+    The Pipeline dock (right) after the run, with each step's status, and the Traces
+    dock (bottom) showing the signal set the pipeline stored for three cells.
+
+    Parameters
+    ----------
+    outdir : Path
+        Folder for the PNG.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="napari-sima-") as tmp, _demo_viewer() as viewer:
+        rois_widget, dataset = _show_true_cells(viewer, extract=False)
+        dataset.save(Path(tmp) / "calcium.sima")  # pipelines run on dataset folders
+        path = Path(tmp) / "analysis.yaml"
+        path.write_text(SCREENSHOT_PIPELINE)
+        widget = viewer.window.dock_widgets["Pipeline (napari-sima)"]
+        widget.set_dataset(dataset)
+        widget.load_pipeline(path)
+        widget.run()
+        _wait_until(lambda: not widget.is_running)
+        traces = viewer.window.dock_widgets["Traces (napari-sima)"]
+        traces.set_signals(dataset, "signals", channel=0)
+        _show_only_dock(viewer, "Pipeline (napari-sima)", "Traces (napari-sima)")
+        _fit_window(viewer)
+        _select_cells(viewer, rois_widget, ())
+        return _save(viewer, outdir, "pipeline.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write all screenshots; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -453,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         path = spikes_screenshot(args.outdir)
         print(f"wrote {path}")
         path = sessions_screenshot(args.outdir)
+        print(f"wrote {path}")
+        path = pipeline_screenshot(args.outdir)
         print(f"wrote {path}")
     finally:
         if display is not None:

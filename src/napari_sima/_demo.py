@@ -27,6 +27,7 @@ DEMO_WIDGET_COMMANDS: list[str] = [
     "napari-sima.spikes_widget",
     "napari-sima.traces_widget",
     "napari-sima.sessions_widget",
+    "napari-sima.pipeline_widget",
 ]
 
 #: Dock areas of the widgets not docked in napari's default area (the right side).

@@ -243,6 +243,17 @@ def file_digest(path: str | os.PathLike, chunk: int = 2**20) -> str:
     return h.hexdigest()
 
 
+def _shorten_digests(value: Any) -> Any:
+    """Hex digests (64 characters) cut to 12, for display."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "…"
+    if isinstance(value, Mapping):
+        return {k: _shorten_digests(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shorten_digests(v) for v in value]
+    return value
+
+
 def format_provenance(record: Mapping[str, Any] | None, indent: str = "    ") -> str:
     """Human-readable lines of a record (for ``napari-sima info``)."""
     if not record:
@@ -256,15 +267,15 @@ def format_provenance(record: Mapping[str, Any] | None, indent: str = "    ") ->
         lines.append(f"{indent}parameters: {text}")
     inputs = record.get("inputs") or {}
     if inputs:
-        shown = {}
-        for k, v in inputs.items():
+        shown: dict[str, Any] = {}
+        for k, v in _shorten_digests(inputs).items():
             if isinstance(v, Mapping) and "label" in v:
                 shown[k] = v["label"]
             elif isinstance(v, Mapping) and "path" in v:
                 shown[k] = v["path"]
             else:
                 shown[k] = v
-        text = json.dumps(shown, sort_keys=True)
+        text = json.dumps(shown, sort_keys=True, ensure_ascii=False)
         if len(text) > 200:
             text = text[:197] + "..."
         lines.append(f"{indent}inputs: {text}")
