@@ -619,7 +619,6 @@ def iter_run_pipeline(
     ctx = _Context(target=target, base=base, stem=stem, split_executor=split_executor)
     report = DatasetReport(target=target)
     t_start = time.perf_counter()
-    n = len(pipeline.steps)
     if not pipeline.creates and not os.path.isdir(target):
         report.ok = False
         report.error = (
@@ -629,6 +628,21 @@ def iter_run_pipeline(
         )
         report.steps = [StepReport(s.name, s.index, "not-run") for s in pipeline.steps]
         return report
+    try:
+        yield from _run_steps(pipeline, ctx, report)
+    finally:  # also when the generator is closed (cancelled) mid-step
+        if ctx.dataset is not None:
+            ctx.dataset.close()
+    report.seconds = time.perf_counter() - t_start
+    yield PipelineProgress(pipeline.steps[-1].title, 1.0, "finished")
+    return report
+
+
+def _run_steps(
+    pipeline: Pipeline, ctx: _Context, report: DatasetReport
+) -> Generator[PipelineProgress, None, None]:
+    """Run the steps in order, filling ``report``; stop at the first failure."""
+    n = len(pipeline.steps)
     for step in pipeline.steps:
         t0 = time.perf_counter()
         yield PipelineProgress(step.title, step.index / n, f"{step.name}")
@@ -656,18 +670,13 @@ def iter_run_pipeline(
             report.steps.extend(
                 StepReport(s.name, s.index, "not-run") for s in pipeline.steps[step.index + 1:]
             )
-            break
+            return
         finally:
             if ctx.dataset is not None and ctx.dataset.savedir:
                 report.dataset = str(ctx.dataset.savedir)
         report.steps.append(
             StepReport(step.name, step.index, status, time.perf_counter() - t0, output)
         )
-    if ctx.dataset is not None:
-        ctx.dataset.close()
-    report.seconds = time.perf_counter() - t_start
-    yield PipelineProgress(pipeline.steps[-1].title, 1.0, "finished")
-    return report
 
 
 def run_pipeline(
