@@ -7,12 +7,13 @@ PIP    := $(BIN)/python -m pip
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_DEMO := $(VENV)/.installed-demo
 
-.PHONY: help venv demo test bench screenshots check-xvfb clean
+.PHONY: help venv demo test bench fuzz screenshots check-xvfb clean
 
 help:
 	@echo "make demo         - install and open napari with the sample dataset and our widgets"
 	@echo "make test         - install with test extras and run the whole suite headless (Xvfb)"
 	@echo "make bench        - run the benchmarks in benchmarks/ (writes multi-GB temp files)"
+	@echo "make fuzz         - fuzz every file reader (>= 10,000 inputs per format; table)"
 	@echo "make screenshots  - regenerate screenshots/ from a real viewer under Xvfb"
 
 $(BIN)/python:
@@ -49,6 +50,10 @@ demo: $(STAMP_DEMO)
 
 bench: $(STAMP_TEST)
 	NUMBA_CACHE_DIR=$(CURDIR)/$(VENV)/numba-cache $(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+# FUZZ_ARGS="--cases 100000 --targets tiff,hdf5" to choose
+fuzz: $(STAMP_TEST)
+	NUMBA_CACHE_DIR=$(CURDIR)/$(VENV)/numba-cache $(BIN)/python -m fuzz.run $(FUZZ_ARGS)
 
 screenshots: $(STAMP_TEST) check-xvfb
 	$(BIN)/python scripts/make_screenshots.py
