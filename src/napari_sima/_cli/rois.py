@@ -52,7 +52,7 @@ def load_roi_set(ds: ImagingDataset, label: str | None) -> tuple[str, ROIList]:
 def cmd_import_rois(args: argparse.Namespace, reporter: Reporter) -> int:
     """Store the ROIs of an ImageJ file as an ROI set of the dataset."""
     from ..core.imagej import read_imagej_rois
-    from ..core.provenance import file_digest, make_provenance
+    from ..core.records import import_rois_record
 
     ds = load_dataset(args.dataset, reporter)
     path = os.path.abspath(args.rois)
@@ -64,11 +64,7 @@ def cmd_import_rois(args: argparse.Namespace, reporter: Reporter) -> int:
         rois = read_imagej_rois(path, im_shape=ds.frame_shape[:3])
     if not rois:
         raise CommandError(f"{path!r} holds no ROI with an area; nothing was imported")
-    record = make_provenance(
-        "import-rois",
-        {"format": "ImageJ"},
-        {"file": {"path": path, "sha256": file_digest(path)}},
-    )
+    record = import_rois_record(path, label)
     with reporter.timed("store"):
         label = ds.add_ROIs(rois, label, provenance=record)
     reporter.output("rois", label)

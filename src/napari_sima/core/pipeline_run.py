@@ -271,7 +271,7 @@ def _signal_entry(ds: Any, ch: int, label: str) -> dict[str, Any]:
 
 def _step_import_rois(step: Step, ctx: _Context) -> StepGen:
     from .imagej import read_imagej_rois
-    from .provenance import file_digest, make_provenance
+    from .records import import_rois_record
 
     ds = _need_dataset(ctx, step)
     p = step.params
@@ -279,11 +279,7 @@ def _step_import_rois(step: Step, ctx: _Context) -> StepGen:
     if not path.is_file():
         raise FileNotFoundError(f"no ROI file at {str(path)!r}")
     label = str(p["label"])
-    record = make_provenance(
-        "import-rois",
-        {"label": label},
-        {"file": {"name": path.name, "sha256": file_digest(path)}},
-    )
+    record = import_rois_record(path, label)
     ctx.roi_label = label
     if _existing_roi_hash(ds, label) == record["hash"]:
         raise _Skip(label)

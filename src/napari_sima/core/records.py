@@ -12,11 +12,18 @@ Only what changes the result goes into a record's parameters: how the work is ru
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from .provenance import make_provenance, movie_ref, roi_set_ref, signal_set_ref
+from .provenance import file_digest, make_provenance, movie_ref, roi_set_ref, signal_set_ref
 
-__all__ = ["dff_record", "extract_record", "segment_record", "spikes_record"]
+__all__ = [
+    "dff_record",
+    "extract_record",
+    "import_rois_record",
+    "segment_record",
+    "spikes_record",
+]
 
 
 def extract_record(
@@ -83,4 +90,13 @@ def dff_record(
     """Record of ΔF/F of signal set ``label`` with ``parameters`` (baseline, window, ...)."""
     return make_provenance(
         "dff", dict(parameters), {"signals": signal_set_ref(dataset, channel, label)}
+    )
+
+
+def import_rois_record(path: str | os.PathLike, label: str) -> dict[str, Any]:
+    """Record of ROIs imported from an ImageJ file (its name and SHA-256) as set ``label``."""
+    return make_provenance(
+        "import-rois",
+        {"label": str(label)},
+        {"file": {"name": os.path.basename(os.fspath(path)), "sha256": file_digest(path)}},
     )
