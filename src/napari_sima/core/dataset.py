@@ -31,18 +31,20 @@ Examples
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import storage
+from . import locking, storage
 from ._indexing import normalize_axis_index
 from .channels import resolve_channel
 from .projections import Moments, MomentAccumulator
@@ -86,6 +88,90 @@ def _normalize_savedir(savedir: str | os.PathLike) -> Path:
     if path.suffix != ".sima":
         path = path.with_name(path.name + ".sima")
     return path
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a file or a folder (merging), letting the first OSError through as it is.
+
+    (``shutil.copytree`` gathers errors into ``shutil.Error``, losing e.g. ``ENOSPC``.)
+    """
+    if not src.is_dir():
+        shutil.copy2(src, dst)
+        return
+    dst.mkdir(exist_ok=True)
+    for child in src.iterdir():
+        if child.name != locking.LOCK_FILE and storage.temp_target(child.name) is None:
+            _copy_tree(child, dst / child.name)
+
+
+def _check_description(meta: Any, source: str) -> None:
+    """Check the fields of a ``dataset.json`` before anything is built from them.
+
+    Raises
+    ------
+    napari_sima.core.errors.FileFormatError
+        Naming the file, the field, the value and what was expected.
+    """
+    from .errors import FileFormatError
+    from .sequence import _brief
+
+    def bad(what: str, value: Any, expected: str) -> FileFormatError:
+        return FileFormatError(f"{source!r}: {what} is {_brief(value)}, expected {expected}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise FileFormatError(f"{source!r} is not a napari-sima dataset file")
+    version = meta.get("format_version")
+    if not is_int(version) or version > FORMAT_VERSION:
+        raise FileFormatError(
+            f"{source!r} has format version {_brief(version)}; this napari-sima reads "
+            f"versions up to {FORMAT_VERSION} (upgrade napari-sima)"
+        )
+    if version < 1:
+        raise bad("format_version", version, f"1 to {FORMAT_VERSION}")
+    for key in ("sequences", "channel_names", "frame_shape", "num_frames"):
+        if key not in meta:
+            raise FileFormatError(f"{source!r} lacks the field {key!r}")
+    shape = meta["frame_shape"]
+    if not isinstance(shape, list) or len(shape) != 4 or not all(
+        is_int(v) and v >= 1 for v in shape
+    ):
+        raise bad("frame_shape", shape, "4 positive integers (planes, rows, columns, channels)")
+    frames = meta["num_frames"]
+    if not is_int(frames) or frames < 0:
+        raise bad("num_frames", frames, "a non-negative integer")
+    names = meta["channel_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise bad("channel_names", names, "a list of names (text)")
+    if len(names) != shape[3] or len(set(names)) != len(names):
+        raise bad("channel_names", names, f"{shape[3]} different names (one per channel)")
+    sequences = meta["sequences"]
+    if not isinstance(sequences, list) or not sequences or not all(
+        isinstance(d, dict) for d in sequences
+    ):
+        raise bad("sequences", sequences, "a non-empty list of sequence descriptions")
+    record = meta.get("provenance")
+    if record is not None and not isinstance(record, dict):
+        raise bad("provenance", record, "a record (mapping)")
+
+
+def _links_out_of(folder: Path) -> list[str]:
+    """Sub-folders we write into (``rois``, ``signals/*``) that lead outside ``folder``."""
+    root = folder.resolve()
+    candidates = [folder / "rois", folder / "signals"]
+    signals = folder / "signals"
+    if signals.is_dir() and not signals.is_symlink():
+        with contextlib.suppress(OSError):
+            candidates.extend(signals.iterdir())
+    out = []
+    for path in candidates:
+        if path.is_symlink():
+            target = path.resolve()
+            if target != root and root not in target.parents:
+                out.append(str(path))
+    return out
 
 
 def is_dataset_folder(path: str | os.PathLike) -> bool:
@@ -208,23 +294,25 @@ class ImagingDataset:
                 f"(nor a legacy {LEGACY_FILE})"
             )
         meta = storage.read_json(folder / DATASET_FILE, "dataset description")
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-            raise ValueError(f"{str(folder / DATASET_FILE)!r} is not a napari-sima dataset file")
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ValueError(
-                f"{str(folder / DATASET_FILE)!r} has format version {version!r}; this "
-                f"napari-sima reads versions up to {FORMAT_VERSION} (upgrade napari-sima)"
-            )
-        for key in ("sequences", "channel_names", "frame_shape", "num_frames"):
-            if key not in meta:
-                raise ValueError(f"{str(folder / DATASET_FILE)!r} lacks the field {key!r}")
+        _check_description(meta, str(folder / DATASET_FILE))
         ds = cls(None, None)
         ds._savedir = folder
         ds._meta = meta
         ds._stored_sequences = list(meta["sequences"])
-        ds._channel_names = [str(n) for n in meta["channel_names"]]
+        ds._channel_names = list(meta["channel_names"])
         ds._read_only = not os.access(folder, os.W_OK)
+        links = _links_out_of(folder)
+        if links:
+            # writing through them would put ROI or signal sets outside the dataset
+            warnings.warn(
+                f"the dataset {str(folder)!r} is opened read-only: "
+                + ", ".join(repr(p) for p in links)
+                + " lead outside the dataset folder (symbolic links), and napari-sima never "
+                "writes outside a dataset folder",
+                UserWarning,
+                stacklevel=2,
+            )
+            ds._read_only = True
         return ds
 
     @staticmethod
@@ -245,10 +333,22 @@ class ImagingDataset:
     def _check_writable(self) -> None:
         if self._read_only:
             raise PermissionError(
-                f"the dataset {str(self._savedir)!r} is read-only (a legacy SIMA folder or a "
-                f"folder without write permission); save it elsewhere with "
-                f"save(savedir='new.sima')"
+                f"the dataset {str(self._savedir)!r} is read-only ({self._read_only_reason()}); "
+                f"nothing was changed; save it elsewhere with save(savedir='new.sima')"
             )
+
+    def _read_only_reason(self) -> str:
+        folder = self._savedir
+        if folder is None:
+            return "opened read-only"
+        if not (folder / DATASET_FILE).exists() and (folder / LEGACY_FILE).exists():
+            return "a legacy SIMA folder"
+        with contextlib.suppress(OSError, AttributeError):
+            if os.statvfs(folder).f_flag & os.ST_RDONLY:
+                return "it is on a read-only file system"
+        if not os.access(folder, os.W_OK):
+            return "no write permission for this folder"
+        return "opened read-only"
 
     def save(self, savedir: str | os.PathLike | None = None) -> None:
         """Write the dataset description to its folder (atomically).
@@ -264,7 +364,12 @@ class ImagingDataset:
         ValueError
             If the dataset has no folder and none is given.
         PermissionError
-            If the dataset is read-only and no new folder is given.
+            If the dataset is read-only and no new folder is given, or its file system
+            refuses writing (nothing was changed).
+        napari_sima.core.errors.DatasetInUseError
+            If another process keeps writing to the dataset folder.
+        OSError
+            If the disk is full (nothing was changed).
         """
         if savedir is not None:
             self.savedir = savedir  # the setter saves
@@ -272,6 +377,12 @@ class ImagingDataset:
         if self._savedir is None:
             raise ValueError("this dataset has no folder; give save(savedir='name.sima')")
         self._check_writable()
+        with locking.locked_write(self._savedir, "saving the dataset description"):
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        assert self._savedir is not None
+        storage.remove_orphan_temps(self._savedir)  # left by killed writers, when old
         sequences = [s.to_dict(self._savedir) for s in self.sequences]
         meta = {
             "format": FORMAT_NAME,
@@ -308,33 +419,71 @@ class ImagingDataset:
         if is_dataset_folder(target):
             raise FileExistsError(f"{str(target)!r} already holds a dataset")
         sequences = self.sequences  # make sure the movies are reachable first
-        target.mkdir(parents=True, exist_ok=True)
-        old = self._savedir
+        old, old_read_only = self._savedir, self._read_only
+        before = set(os.listdir(target)) if target.is_dir() else None
+        try:
+            with contextlib.ExitStack() as stack:
+                if old is not None and not old_read_only:
+                    # nobody changes the old folder while it is copied (unless we cannot
+                    # lock it: a read-only folder is not changed through us either)
+                    with contextlib.suppress(PermissionError):
+                        stack.enter_context(
+                            locking.dataset_lock(old, purpose=f"copying it to {str(target)!r}")
+                        )
+                stack.enter_context(locking.locked_write(target, "saving a copy of the dataset"))
+                try:
+                    self._copy_to(target, old, sequences)
+                except BaseException:
+                    self._discard_copy(target, before)  # under the lock
+                    raise
+        except BaseException:
+            self._savedir, self._read_only = old, old_read_only
+            if before is None:
+                with contextlib.suppress(OSError):
+                    target.rmdir()  # only when empty
+            raise
+
+    def _discard_copy(self, target: Path, before: set[str] | None) -> None:
+        """Remove what a failed copy put into ``target`` (files there before are kept).
+
+        Array files the in-memory sequences were just written to stay: they are theirs.
+        """
+        keep = set(before or ()) | {locking.LOCK_FILE}
+        for s in self._sequences or []:
+            keep.update(os.path.basename(f) for f in s.files if Path(f).parent == target)
+        for name in set(os.listdir(target)) - keep:
+            path = target / name
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+
+    def _copy_to(self, target: Path, old: Path | None, sequences: list[Sequence]) -> None:
         if old is not None:
             for pattern in _OWN_PATTERNS:
                 for src in old.glob(pattern):
-                    dst = target / src.name
-                    if src.is_dir():
-                        shutil.copytree(src, dst, dirs_exist_ok=True)
-                    else:
-                        shutil.copy2(src, dst)
+                    _copy_tree(src, target / src.name)
         legacy_rois = self.ROIs if (old is not None and self._uses_legacy_rois()) else {}
         self._savedir = target
         self._read_only = False
         self._sequences = sequences
-        self.save()
         # ROI sets that lived in memory, or in a legacy rois.pkl, move into the new folder
         for label, rois in {**legacy_rois, **self._memory_rois}.items():
             save_roi_set(self._roi_folder(), rois, label)
-        self._memory_rois = {}
         # and so do signal sets extracted while the dataset had no folder
         from . import signal_store
 
-        for channel, sets in self.__dict__.pop("_memory_signals", {}).items():
+        for channel, sets in self.__dict__.get("_memory_signals", {}).items():
             for label, signals in sets.items():
                 signal_store.save_signal_set(
                     signal_store.store_dir(target, channel), signals, label
                 )
+        # dataset.json last: until it exists the folder is no dataset, and a failed copy
+        # can be retried into it
+        self.save()
+        self._memory_rois = {}
+        self.__dict__.pop("_memory_signals", None)
 
     @property
     def read_only(self) -> bool:
@@ -537,15 +686,24 @@ class ImagingDataset:
         moments = acc.result()
         self._moments = moments
         if self._savedir is not None and not self._read_only:
-            storage.atomic_save_npz(
-                self._savedir / PROJECTIONS_FILE,
-                compress=False,
-                mean=moments.mean,
-                std=moments.std,
-                kurtosis=moments.kurtosis,
-                count=moments.count,
-                fingerprint=np.asarray(self._fingerprint()),
-            )
+            # A cache: written atomically without the dataset lock (two processes write
+            # the same numbers; a broken or stale cache is recomputed), and a full disk
+            # or a read-only folder only costs the cache.
+            try:
+                storage.atomic_save_npz(
+                    self._savedir / PROJECTIONS_FILE,
+                    compress=False,
+                    mean=moments.mean,
+                    std=moments.std,
+                    kurtosis=moments.kurtosis,
+                    count=moments.count,
+                    fingerprint=np.asarray(self._fingerprint()),
+                )
+            except OSError as err:
+                warnings.warn(
+                    f"could not cache the projections in {str(self._savedir)!r}: {err}",
+                    stacklevel=2,
+                )
         return moments
 
     def compute_projections(self, backend: str = "numba") -> Moments:

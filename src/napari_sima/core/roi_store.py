@@ -10,8 +10,10 @@ An ROI store is a folder (``NAME.sima/rois/`` inside a dataset) holding
     mask pixels (COO: roi, z, y, x, value).
 
 A set is saved by writing a new ``set_<hex>.npz`` and then replacing ``index.json``
-atomically, so a crash at any point leaves either the old or the new set.  Nothing is
-pickled; arrays are loaded with ``allow_pickle=False``.
+atomically, so a crash at any point leaves either the old or the new set.  Saving and
+deleting hold the dataset's write lock (:mod:`napari_sima.core.locking`): a second
+writer waits, then gets a ``DatasetInUseError``.  Nothing is pickled; arrays are loaded
+with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -113,19 +115,90 @@ def _encode(rois: ROIList, timestamp: str) -> dict[str, np.ndarray]:
     }
 
 
+#: Most mask rows (summed over the planes of all ROIs of a set) a set may declare:
+#: each costs an index entry in memory, so absurd plane shapes are refused up front.
+MAX_MASK_ROWS = 2**27
+
+#: Mask dtypes a stored set may use.
+_MASK_KINDS = "biuf"
+
+
 def _decode(arrays: dict[str, np.ndarray], source: str) -> ROIList:
+    """Rebuild an ROI set from :func:`_encode` arrays, checking every field first.
+
+    Raises
+    ------
+    napari_sima.core.errors.FileFormatError
+        If arrays are missing, of the wrong kind or inconsistent (names ``source``).
+    """
+    from .errors import FileFormatError, ResourceLimitError
+    from .sequence import _brief
+
+    def broken(why: str) -> FileFormatError:
+        return FileFormatError(f"the ROI set file {source!r} is incomplete or broken: {why}")
+
+    names = ("properties", "poly_vertices", "poly_lengths", "mask_roi", "mask_z", "mask_y",
+             "mask_x", "mask_value")
+    missing = [k for k in names if k not in arrays]
+    if missing:
+        raise broken(f"it lacks the arrays {missing}")
+    props_text = arrays["properties"]
+    if props_text.ndim != 0 or props_text.dtype.kind != "U":
+        raise broken(f"'properties' should be one text, got {props_text.dtype} {props_text.shape}")
     try:
-        meta = json.loads(str(arrays["properties"]))
-        props = meta["rois"]
-        verts = arrays["poly_vertices"]
-        lengths = arrays["poly_lengths"]
-        m_roi, m_z, m_y, m_x, m_v = (
-            arrays[k] for k in ("mask_roi", "mask_z", "mask_y", "mask_x", "mask_value")
-        )
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"the ROI set file {source!r} is incomplete or broken: {err}") from None
-    if verts.ndim != 2 or verts.shape[1] != 3 or int(lengths.sum()) != len(verts):
-        raise ValueError(f"the ROI set file {source!r} has inconsistent polygon arrays")
+        meta = json.loads(str(props_text))
+    except RecursionError:
+        raise broken("its properties are nested too deeply") from None
+    except ValueError as err:
+        raise broken(f"its properties are not JSON ({err})") from None
+    props = meta.get("rois") if isinstance(meta, dict) else None
+    if not isinstance(props, list) or not all(isinstance(p, dict) for p in props):
+        raise broken("its properties hold no list of ROIs")
+    stamp = meta.get("timestamp")
+    if stamp is not None and not isinstance(stamp, str):
+        raise broken(f"the timestamp {_brief(stamp)} is not text")
+    verts, lengths = arrays["poly_vertices"], arrays["poly_lengths"]
+    m_roi, m_z, m_y, m_x, m_v = (
+        arrays[k] for k in ("mask_roi", "mask_z", "mask_y", "mask_x", "mask_value")
+    )
+    if verts.ndim != 2 or verts.shape[1] != 3 or verts.dtype.kind not in "iuf":
+        raise broken(f"polygon vertices of dtype {verts.dtype} and shape {verts.shape}, "
+                     f"expected (n, 3) numbers")
+    if lengths.ndim != 1 or lengths.dtype.kind not in "iu" or (
+        lengths.size and (lengths.min() < 0 or lengths.max() > len(verts))
+    ) or int(lengths.sum(dtype=np.int64)) != len(verts):
+        raise broken("inconsistent polygon arrays")
+    ints = (m_roi, m_z, m_y, m_x)
+    if any(a.ndim != 1 or a.dtype.kind not in "iu" for a in ints) or m_v.ndim != 1 or (
+        m_v.dtype.kind not in "biuf"
+    ) or len({a.size for a in (*ints, m_v)}) != 1:
+        raise broken("inconsistent mask arrays (1-D integer coordinates and numeric "
+                     "values of one length expected)")
+    rows = 0
+    for k, entry in enumerate(props):
+        if entry.get("kind") == "polygons":
+            continue
+        planes = entry.get("mask_planes")
+        if not isinstance(planes, list) or not all(
+            isinstance(p, list) and len(p) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in p)
+            for p in planes
+        ):
+            raise broken(f"ROI {k} has mask planes {_brief(planes)}, expected [rows, columns] "
+                         f"pairs of positive integers")
+        rows += sum(p[0] for p in planes)
+        if rows > MAX_MASK_ROWS:
+            raise ResourceLimitError(
+                f"the ROI set file {source!r} declares masks of more than {MAX_MASK_ROWS} rows "
+                f"in all; refusing it"
+            )
+        dtype = entry.get("mask_dtype")
+        try:
+            ok = np.dtype(dtype).kind in _MASK_KINDS and np.dtype(dtype).itemsize <= 16
+        except (TypeError, ValueError):
+            ok = False
+        if not isinstance(dtype, str) or not ok:
+            raise broken(f"ROI {k} has the mask dtype {_brief(dtype)}, expected a number type")
     order = np.argsort(m_roi, kind="stable")
     bounds = np.searchsorted(m_roi[order], np.arange(len(props) + 1))
     rois = []
@@ -139,8 +212,19 @@ def _decode(arrays: dict[str, np.ndarray], source: str) -> ROIList:
             "im_shape": entry.get("im_shape"),
         }
         try:
+            for key in ("label", "id"):
+                if kwargs[key] is not None and not isinstance(kwargs[key], str):
+                    raise ValueError(f"its {key} {_brief(kwargs[key])} is not text")
+            if not isinstance(kwargs["tags"], (list, tuple)) or not all(
+                isinstance(t, str) for t in kwargs["tags"]
+            ):
+                raise ValueError(f"its tags {_brief(kwargs['tags'])} are not a list of text")
             if entry.get("kind") == "polygons":
-                n = int(entry["n_polygons"])
+                n = entry["n_polygons"]
+                if not isinstance(n, int) or isinstance(n, bool) or not (
+                    0 <= n <= len(lengths) - poly_index
+                ):
+                    raise ValueError(f"n_polygons {_brief(n)} does not fit the stored polygons")
                 polys = []
                 for length in lengths[poly_index : poly_index + n]:
                     polys.append(verts[start : start + int(length)])
@@ -161,11 +245,12 @@ def _decode(arrays: dict[str, np.ndarray], source: str) -> ROIList:
                         )
                     )
                 rois.append(ROI(mask=planes, **kwargs))
-        except (KeyError, ValueError, TypeError, IndexError) as err:
-            raise ValueError(
-                f"ROI {k} ({entry.get('label')!r}) in {source!r} cannot be rebuilt: {err}"
+        except (KeyError, ValueError, TypeError, IndexError, OverflowError) as err:
+            raise FileFormatError(
+                f"ROI {k} ({str(entry.get('label'))[:80]!r}) in {source!r} cannot be rebuilt: "
+                f"{str(err)[:300]}"
             ) from None
-    return ROIList(rois, timestamp=meta.get("timestamp"))
+    return ROIList(rois, timestamp=stamp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,6 +374,7 @@ def load_legacy_roi_sets(path: str | os.PathLike) -> dict[str, ROIList]:
     ValueError
         If the content is not SIMA's ROI layout.
     """
+    from .errors import FileFormatError
     from .legacy import read_legacy_pickle
 
     p = Path(os.fspath(path))
@@ -302,8 +388,8 @@ def load_legacy_roi_sets(path: str | os.PathLike) -> dict[str, ROIList]:
     out = {}
     for raw_label, entry in data.items():
         label = _legacy_text(raw_label) or ""
-        if not isinstance(entry, dict) or "rois" not in entry:
-            raise ValueError(f"ROI set {label!r} in {str(p)!r} has no 'rois'")
+        if not isinstance(entry, dict) or not isinstance(entry.get("rois"), (list, tuple)):
+            raise FileFormatError(f"ROI set {label!r} in {str(p)!r} has no list of 'rois'")
         rois = []
         for k, d in enumerate(entry["rois"]):
             try:
@@ -321,8 +407,9 @@ def load_legacy_roi_sets(path: str | os.PathLike) -> dict[str, ROIList]:
                         im_shape=d.get("im_shape"),
                     )
                 )
-            except (AttributeError, TypeError, ValueError) as err:
-                raise ValueError(f"ROI {k} of set {label!r} in {str(p)!r}: {err}") from None
+            except (AttributeError, TypeError, ValueError, IndexError, KeyError,
+                    OverflowError) as err:
+                raise FileFormatError(f"ROI {k} of set {label!r} in {str(p)!r}: {err}") from None
         out[label] = ROIList(rois, timestamp=_legacy_text(entry.get("timestamp")))
     return out
 

@@ -19,7 +19,9 @@ A dataset folder keeps the signals of each channel in ``NAME.sima/signals/channe
 
 A set is saved by writing a new ``set_<hex>.npz`` and then replacing ``index.json``
 atomically, so a crash leaves either the old or the new state, never a broken set.
-Extra entries (:func:`update_signal_set`) rewrite the set into a new file the same way.
+Extra entries (:func:`update_signal_set`) rewrite the set into a new file the same way,
+holding the dataset's write lock (:mod:`napari_sima.core.locking`) from the read to the
+write so that concurrent updates are never lost.
 Nothing is pickled.
 """
 
@@ -214,42 +216,90 @@ def encode_signals(
 def decode_signals(arrays: dict[str, np.ndarray], source: str = "signal set") -> dict[str, Any]:
     """Rebuild a signals dict from :func:`encode_signals` arrays.
 
+    Every field is checked before it is used: the arrays a set file holds and its
+    JSON ``meta`` come from a file and may be anything.
+
     Raises
     ------
     ValueError
-        If arrays are missing or inconsistent (the message names ``source``).
+        If arrays are missing or inconsistent
+        (:class:`~napari_sima.core.errors.FileFormatError`; the message names
+        ``source``).
     """
+    from .errors import FileFormatError
+    from .sequence import _brief
+
+    def broken(why: str) -> FileFormatError:
+        return FileFormatError(f"the signal set {source!r} is incomplete or broken: {why}")
+
+    def array(name: str, kinds: str = "biuf", ndim: int | None = None) -> np.ndarray:
+        if name not in arrays:
+            raise broken(f"it lacks the array {name!r}")
+        a = arrays[name]
+        if a.dtype.kind not in kinds or (ndim is not None and a.ndim != ndim):
+            raise broken(f"the array {name!r} has dtype {a.dtype} and shape {a.shape}")
+        return a
+
+    def count(value: Any, what: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not (
+            0 <= value <= len(arrays)
+        ):
+            raise broken(f"{what} is {_brief(value)}")
+        return value
+
+    meta_text = array("meta", "U", 0)
     try:
-        meta = json.loads(str(arrays["meta"]))
-        n_seq = int(meta["num_sequences"])
-        out: dict[str, Any] = {"raw": [arrays[f"raw_{i}"] for i in range(n_seq)]}
-        if meta.get("has_demixed"):
-            out["demixed_raw"] = [arrays[f"demixed_raw_{i}"] for i in range(n_seq)]
-        if "mean_frame" in arrays:
-            out["mean_frame"] = arrays["mean_frame"]
-        if meta.get("has_overlap"):
-            ov = arrays["overlap"]
-            out["overlap"] = (ov[0].copy(), ov[1].copy())
-        out["signal_channel"] = meta.get("signal_channel")
-        if meta.get("demix_channel") is not None:
-            out["demix_channel"] = meta["demix_channel"]
-        out["rois"] = _decode_rois(arrays, source)
-        out["timestamp"] = meta.get("timestamp")
-        for key, spec in (meta.get("extra") or {}).items():
-            kind = spec.get("kind")
-            if kind == "array":
-                out[key] = arrays[f"x_{key}"]
-            elif kind == "sequences":
-                out[key] = [arrays[f"x_{key}_{i}"] for i in range(int(spec["n"]))]
-            else:
-                out[key] = spec.get("value")
-    except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"the signal set {source!r} is incomplete or broken: {err}") from None
-    if len(out["rois"]) != (out["raw"][0].shape[0] if out["raw"] else 0):
-        raise ValueError(
-            f"the signal set {source!r} has {len(out['rois'])} ROIs for "
-            f"{out['raw'][0].shape[0]} signal rows"
-        )
+        meta = json.loads(str(meta_text))
+    except RecursionError:
+        raise broken("its meta data are nested too deeply") from None
+    except ValueError as err:
+        raise broken(f"its meta data are not JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise broken(f"its meta data are {_brief(meta)}, not a mapping")
+    n_seq = count(meta.get("num_sequences"), "num_sequences")
+    out: dict[str, Any] = {"raw": [array(f"raw_{i}", "biuf", 2) for i in range(n_seq)]}
+    n_rows = out["raw"][0].shape[0] if out["raw"] else 0
+    if any(r.shape[0] != n_rows for r in out["raw"]):
+        raise broken("its sequences have different numbers of ROIs")
+    if meta.get("has_demixed"):
+        out["demixed_raw"] = [array(f"demixed_raw_{i}", "biuf", 2) for i in range(n_seq)]
+    if "mean_frame" in arrays:
+        out["mean_frame"] = array("mean_frame")
+    if meta.get("has_overlap"):
+        ov = array("overlap", "iu", 2)
+        if ov.shape[0] != 2:
+            raise broken(f"the overlap array has shape {ov.shape}, expected (2, n)")
+        out["overlap"] = (ov[0].copy(), ov[1].copy())
+    for key in ("signal_channel", "demix_channel"):
+        value = meta.get(key)
+        if value is not None and not isinstance(value, (int, str)):
+            raise broken(f"{key} is {_brief(value)}, expected a channel index or name")
+    out["signal_channel"] = meta.get("signal_channel")
+    if meta.get("demix_channel") is not None:
+        out["demix_channel"] = meta["demix_channel"]
+    out["rois"] = _decode_rois(arrays, source)
+    stamp = meta.get("timestamp")
+    if stamp is not None and not isinstance(stamp, str):
+        raise broken(f"the timestamp {_brief(stamp)} is not text")
+    out["timestamp"] = stamp
+    extra = meta.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise broken(f"its extra entries are {_brief(extra)}, not a mapping")
+    for key, spec in extra.items():
+        if not _KEY_RE.match(key) or key in CORE_KEYS or key == "parameters":
+            raise broken(f"an extra entry is named {_brief(key)}")
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind == "array":
+            out[key] = array(f"x_{key}")
+        elif kind == "sequences":
+            n = count(spec.get("n"), f"the number of sequences of {key!r}")
+            out[key] = [array(f"x_{key}_{i}") for i in range(n)]
+        elif kind == "json":
+            out[key] = spec.get("value")
+        else:
+            raise broken(f"the extra entry {key!r} is described by {_brief(spec)}")
+    if len(out["rois"]) != n_rows:
+        raise broken(f"it has {len(out['rois'])} ROIs for {n_rows} signal rows")
     return out
 
 
@@ -393,11 +443,25 @@ def update_signal_set(
         If there is no such set.
     ValueError
         If an entry name is a core key or not a plain identifier.
+    napari_sima.core.errors.DatasetInUseError
+        If another process keeps writing to the dataset.
+    PermissionError, OSError
+        If the folder is read-only or the disk is full (nothing was changed).
     """
     for key in entries:
         if key in CORE_KEYS or key == "parameters":
             raise ValueError(f"{key!r} is a core entry of a signal set and cannot be replaced")
     store = _store(folder)
+    store.info(label)  # no such set: a KeyError before anything is locked or created
+    # The lock spans the read, the change and the write: two updates of one set (two
+    # processes adding different entries) both end up in it, none is lost.
+    with store.lock(f"updating the signal set {label!r} ({', '.join(entries) or 'no entries'})"):
+        _update_locked(store, label, provenance, entries)
+
+
+def _update_locked(
+    store: SetStore, label: str, provenance: dict[str, Any] | None, entries: dict[str, Any]
+) -> None:
     label, info, arrays = store.load_arrays(label)
     source = str(store.set_path(info))
     try:
@@ -493,6 +557,7 @@ def load_legacy_signal_sets(path: str | os.PathLike) -> dict[str, dict[str, Any]
     ValueError
         If the content is not SIMA's signals layout.
     """
+    from .errors import FileFormatError
     from .legacy import read_legacy_pickle
     from .roi_store import _legacy_text
 
@@ -513,14 +578,21 @@ def load_legacy_signal_sets(path: str | os.PathLike) -> dict[str, dict[str, Any]
             key = _legacy_text(key) or ""
             if key.startswith("_"):
                 continue
-            if key in ("raw", "demixed_raw"):
-                value = [np.asarray(v) for v in value]
-            elif key == "rois":
-                value = [_legacy_roi_dict(d, where) for d in value]
-            elif key == "timestamp":
-                value = _legacy_text(value)
-            elif key == "overlap" and value is not None:
-                value = (np.asarray(value[0], np.int64), np.asarray(value[1], np.int64))
+            try:
+                if key in ("raw", "demixed_raw"):
+                    value = [np.asarray(v) for v in value]
+                    if any(v.dtype.kind not in "biuf" or v.ndim != 2 for v in value):
+                        raise ValueError(f"{key!r} should be (n_rois, n_frames) arrays of "
+                                         f"numbers")
+                elif key == "rois":
+                    value = [_legacy_roi_dict(d, where) for d in value]
+                elif key == "timestamp":
+                    value = _legacy_text(value)
+                elif key == "overlap" and value is not None:
+                    value = (np.asarray(value[0], np.int64), np.asarray(value[1], np.int64))
+            except (TypeError, ValueError, IndexError, KeyError, AttributeError,
+                    OverflowError) as err:
+                raise FileFormatError(f"{where}: {key!r} cannot be read: {err}") from None
             sig[key] = value
         out[label] = sig
     return out
