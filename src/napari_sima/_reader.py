@@ -104,7 +104,7 @@ def _hdf5_choose(
     import h5py
     import numpy as np
 
-    from .core._hdf5 import dimension_labels
+    from .core._hdf5 import _h5py_errors, _is_dataset, dimension_labels
 
     notices: list[str] = []
     opts = MovieOptions(**options.to_dict())
@@ -112,12 +112,12 @@ def _hdf5_choose(
         f = h5py.File(path, "r")
     except OSError as err:
         raise OSError(f"{path!r} is not a readable HDF5 file ({err})") from None
-    with f:
+    with f, _h5py_errors(path, "choose the movie in"):
         group = f.get(opts.group or "/")
         if not isinstance(group, h5py.Group):
             raise ValueError(f"HDF5 file {path!r} has no group {opts.group or '/'!r}")
         if opts.key is None:
-            datasets = sorted(k for k, v in group.items() if isinstance(v, h5py.Dataset))
+            datasets = sorted(k for k in group if _is_dataset(group, k))
             movies = [
                 k for k in datasets if group[k].dtype.kind in "biuf" and 3 <= group[k].ndim <= 5
             ]
@@ -132,7 +132,7 @@ def _hdf5_choose(
                     f"{os.path.basename(path)}: opened the HDF5 dataset {opts.key!r} out of "
                     f"{datasets}; choose another key in the Dataset widget."
                 )
-        if opts.key is not None and opts.key not in group:
+        if opts.key is not None and not _is_dataset(group, opts.key):
             return opts, notices, None  # the core reports the missing key
         ds = (
             group[opts.key]
@@ -154,11 +154,15 @@ def _hdf5_choose(
                 f"and reopen."
             )
         names = None
-        raw = ds.attrs.get("channel_names")
-        if raw is not None:
-            names = [
-                v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(raw).tolist()
-            ]
+        try:
+            raw = ds.attrs.get("channel_names")
+            if raw is not None:
+                names = [
+                    v.decode() if isinstance(v, bytes) else str(v)
+                    for v in np.atleast_1d(raw).tolist()
+                ]
+        except Exception:  # noqa: BLE001 - an odd attribute only loses the names
+            names = None
     return opts, notices, names
 
 

@@ -40,10 +40,17 @@ def _is_imagej_roi_file(path: str) -> bool:
         if suffix == ".zip":
             if not zipfile.is_zipfile(path):
                 return False
+            from .core import imagej
+
+            claimed = imagej._zip_directory(Path(path))  # before zipfile parses it all
+            if claimed is not None and (
+                claimed[0] > imagej.MAX_MEMBERS or claimed[1] > imagej.MAX_DIRECTORY_BYTES
+            ):
+                return False
             with zipfile.ZipFile(path) as zf:
                 return any(n.lower().endswith(".roi") for n in zf.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+    except Exception:  # noqa: BLE001 - BadZipFile, NotImplementedError, UnicodeDecodeError...
+        return False  # not a RoiSet we can read: let other readers try
     return False
 
 

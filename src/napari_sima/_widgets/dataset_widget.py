@@ -48,6 +48,7 @@ from .._layers import (
     source_name,
 )
 from .._reader import HDF5_SUFFIXES, TIFF_SUFFIXES, MovieOptions, open_source
+from ._common import JobGuard
 
 if TYPE_CHECKING:
     from napari.layers import Layer
@@ -71,21 +72,22 @@ _MOVIE_FILTER = (
 
 @thread_worker
 def _projection_steps(
-    dataset: ImagingDataset,
+    steps: Generator[tuple[int, int], None, Moments],
 ) -> Generator[tuple[int, int], None, Moments]:
-    """Run ``dataset.iter_projections()`` in a worker thread.
+    """Run ``dataset.iter_projections()`` (given as ``steps``) in a worker thread.
 
     Yields
     ------
     (frames_done, total_frames)
-        Progress; the worker can be quit between two yields.
+        Progress; the worker can be quit between two yields (the widget then closes
+        ``steps``).
 
     Returns
     -------
     Moments
         The projections.
     """
-    moments = yield from dataset.iter_projections()
+    moments = yield from steps
     return moments
 
 
@@ -124,6 +126,8 @@ class DatasetWidget(QWidget):
         self._worker: Any = None
         self._projection_cancelled = False
         self._projection_kinds: list[str] = list(PROJECTION_KINDS)
+        # cancels the projections when the dataset's layers are removed or the dock deleted
+        self._job_guard = JobGuard(self, viewer, self.cancel_projections)
 
         self.setObjectName("napari_sima_dataset_widget")
         layout = QVBoxLayout(self)
@@ -581,15 +585,15 @@ class DatasetWidget(QWidget):
         dataset = self.dataset
         self.projection_progress.setRange(0, max(1, dataset.num_frames))
         self.projection_progress.setValue(0)
-        self._worker = _projection_steps(
-            dataset,
-            _connect={
-                "yielded": self._on_projection_yielded,
-                "returned": lambda moments: self._on_projection_returned(dataset, moments),
-                "errored": self._on_projection_errored,
-                "finished": self._on_projection_finished,
-            },
-        )
+        steps = dataset.iter_projections()
+        slots = {
+            "yielded": self._on_projection_yielded,
+            "returned": lambda moments: self._on_projection_returned(dataset, moments),
+            "errored": self._on_projection_errored,
+            "finished": lambda: self._on_projection_finished(steps),
+        }
+        self._worker = _projection_steps(steps, _connect=slots)
+        self._job_guard.watch([dataset], self._worker.quit, worker=self._worker, slots=slots)
         self._update_controls()
         return self._worker
 
@@ -673,11 +677,17 @@ class DatasetWidget(QWidget):
     def _on_projection_errored(self, err: Exception) -> None:
         show_error(f"Computing the projections failed: {err}")
 
-    def _on_projection_finished(self) -> None:
+    def _on_projection_finished(self, steps: Generator[Any, None, Any]) -> None:
+        # a quit worker leaves the computation suspended: close it (no-op when done)
+        steps.close()
+        self._job_guard.release()
         self._worker = None
-        if self._projection_cancelled:
-            self.projection_progress.setValue(0)
-        self._update_controls()
+        try:
+            if self._projection_cancelled:
+                self.projection_progress.setValue(0)
+            self._update_controls()
+        except RuntimeError:  # the Qt side of the widget is gone (closed with the viewer)
+            pass
 
     # -- helpers --------------------------------------------------------------------------
     def _start_dir(self) -> str:

@@ -50,6 +50,7 @@ from qtpy.QtWidgets import (
 from .._layers import sima_metadata, unwrap
 from ._common import (
     USER_ERRORS,
+    JobGuard,
     blocked,
     datasets_in_layers,
     fill_dataset_combo,
@@ -277,6 +278,8 @@ class ExtractWidget(QWidget):
         self._worker: Any = None
         self._job: ExtractionJob | None = None
         self._status_is_hint = False
+        # cancels the extraction when the dataset's layers are removed or the dock deleted
+        self._job_guard = JobGuard(self, viewer, self.cancel)
 
         self.setObjectName("napari_sima_extract_widget")
         layout = QVBoxLayout(self)
@@ -682,12 +685,13 @@ class ExtractWidget(QWidget):
         self.progress_bar.setRange(0, 0)  # busy until the first progress report
         self.progress_bar.setValue(0)
         self._set_status(f"Extracting {n_rois} ROIs…")
-        self._worker = _extraction_steps(
-            job,
-            _connect={
-                "yielded": self._on_worker_yielded,
-                "finished": lambda: self._on_worker_finished(job),
-            },
+        slots = {
+            "yielded": self._on_worker_yielded,
+            "finished": lambda: self._on_worker_finished(job),
+        }
+        self._worker = _extraction_steps(job, _connect=slots)
+        self._job_guard.watch(
+            [ds], job.cancel_requested.set, self._worker.quit, worker=self._worker, slots=slots
         )
         self._update_controls()
         return self._worker
@@ -835,8 +839,16 @@ class ExtractWidget(QWidget):
         with contextlib.suppress(Exception):
             job.steps.close()
         if self._job is job:
+            self._job_guard.release()
             self._worker = None
             self._job = None
+        try:
+            self._finish(job)
+        except RuntimeError:  # the Qt side of the widget is gone (closed with the viewer)
+            logger.debug("extraction finished after the widget was deleted", exc_info=True)
+        job.dataset = None  # napari keeps ended workers (and a quit one's job): see JobGuard
+
+    def _finish(self, job: ExtractionJob) -> None:
         self.progress_bar.setRange(0, 1)
         outcome = job.outcome
         if job.error is not None:

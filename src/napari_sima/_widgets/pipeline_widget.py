@@ -71,6 +71,7 @@ from qtpy.QtWidgets import (
 from .._layers import sima_metadata, unwrap
 from ._common import (
     USER_ERRORS,
+    JobGuard,
     blocked,
     datasets_in_layers,
     fill_dataset_combo,
@@ -273,11 +274,9 @@ class PipelineWidget(QWidget):
         self._job: PipelineJob | None = None
         self._load_error: str | None = None
         self._status_is_hint = False
-        # cancel events of the running job, set when the widget is deleted (with the
-        # viewer) before its worker ends; the slot must not reference the widget
-        running_events: list[threading.Event] = []
-        self._running_events = running_events
-        self.destroyed.connect(lambda *_: [event.set() for event in running_events])
+        # cancels the running job when its dataset's layers are removed, or when the
+        # widget is deleted (with the viewer) before its worker ends
+        self._job_guard = JobGuard(self, viewer, self.cancel)
 
         self.setObjectName("napari_sima_pipeline_widget")
         layout = QVBoxLayout(self)
@@ -618,13 +617,13 @@ class PipelineWidget(QWidget):
             self._set_row(row, "")
         self.progress_bar.setValue(0)
         self._set_status(f"Running {pipeline.name!r} on {os.path.basename(job.target)}…")
-        self._running_events[:] = [job.cancel_requested]
-        self._worker = _pipeline_steps(
-            job,
-            _connect={
-                "yielded": self._on_worker_yielded,
-                "finished": lambda: self._on_worker_finished(job),
-            },
+        slots = {
+            "yielded": self._on_worker_yielded,
+            "finished": lambda: self._on_worker_finished(job),
+        }
+        self._worker = _pipeline_steps(job, _connect=slots)
+        self._job_guard.watch(
+            [job.dataset], job.cancel_requested.set, worker=self._worker, slots=slots
         )
         self._update_controls()
         return self._worker
@@ -730,12 +729,13 @@ class PipelineWidget(QWidget):
             self._finish(job)
         except RuntimeError:  # the Qt side of the widget is gone
             logger.debug("pipeline finished after the widget was deleted", exc_info=True)
+        job.dataset = None  # napari keeps ended workers (and a quit one's job): see JobGuard
 
     def _finish(self, job: PipelineJob) -> None:
         if self._job is job:
             self._worker = None
             self._job = None
-            self._running_events.clear()
+            self._job_guard.release()
         name = job.pipeline.name
         report = job.report
         if job.error is not None:

@@ -79,7 +79,13 @@ from ..core.roi_ops import (
     tags_match,
     unmerge_roi,
 )
-from ._common import blocked, datasets_in_layers, fill_dataset_combo, make_button
+from ._common import (
+    blocked,
+    datasets_in_layers,
+    fill_dataset_combo,
+    make_button,
+    release_worker,
+)
 
 if TYPE_CHECKING:
     from napari.layers import Layer, Shapes
@@ -465,10 +471,10 @@ class ROIManagerWidget(QWidget):
             return np.ones(n, dtype=bool)
         df = layer.features
         out = np.ones(n, dtype=bool)
-        for i in range(n):
-            if _missing(df["roi"].iloc[i]):
-                continue  # freshly drawn shapes stay visible
-            out[i] = tags_match(_row_tags(df, i), need, avoid)
+        _, missing = _roi_values(df)
+        for i, tags in enumerate(_tag_sets(df)[:n]):
+            if not missing[i]:  # freshly drawn shapes stay visible
+                out[i] = tags_match(tags, need, avoid)
         return out
 
     @property
@@ -503,8 +509,9 @@ class ROIManagerWidget(QWidget):
         if self.layer is None or not self.layer.selected_data:
             return []
         self._ensure_roi_indices()
-        df = self.layer.features
-        return sorted({int(df["roi"].iloc[i]) for i in self.layer.selected_data})
+        values, missing = _roi_values(self.layer.features)
+        rows = [i for i in self.layer.selected_data if i < len(values) and not missing[i]]
+        return sorted({int(v) for v in values[rows]})
 
     # -- datasets and sets ----------------------------------------------------------------
     def refresh_datasets(self) -> None:
@@ -566,7 +573,7 @@ class ROIManagerWidget(QWidget):
         ):
             return True
         try:
-            rois = self.dataset.ROIs[label]  # type: ignore[union-attr]
+            rois = self._load_set(label)
         except KeyError:
             show_error(f"The dataset has no ROI set {label!r}; its sets are {self.set_labels()}.")
             self._refresh_sets()
@@ -632,11 +639,11 @@ class ROIManagerWidget(QWidget):
         if new is None:
             return False
         try:
-            sets = self.dataset.ROIs  # type: ignore[union-attr]
+            sets = self._read_sets()
             if old not in sets:
                 show_error(f"The dataset has no ROI set {old!r}; its sets are {sorted(sets)}.")
                 return False
-            self.dataset.add_ROIs(sets[old], new)  # type: ignore[union-attr]
+            self.dataset.add_ROIs(self._load_set(old), new)  # type: ignore[union-attr]
             self.dataset.delete_ROIs(old)  # type: ignore[union-attr]
         except USER_ERRORS as err:
             show_error(str(err))
@@ -927,9 +934,8 @@ class ROIManagerWidget(QWidget):
         if not rows:
             return 0
         df = self.layer.features.copy()  # type: ignore[union-attr]
-        for i in rows:
-            df.at[i, "accepted"] = text == ACCEPTED
-            df.at[i, "rejected"] = text == REJECTED
+        df.loc[df.index[rows], "accepted"] = text == ACCEPTED
+        df.loc[df.index[rows], "rejected"] = text == REJECTED
         self._set_features(df)
         return self._count_rois(rows)
 
@@ -1013,8 +1019,8 @@ class ROIManagerWidget(QWidget):
         hidden_selected = {i for i in sel if i < len(shown) and not shown[i]}
         if hidden_selected:
             self.layer.selected_data = sel - hidden_selected
-        self._recolor()
-        self._update_summary()
+        self._recolor(shown)
+        self._update_summary(shown)
         return int(shown.sum())
 
     def set_color_by(self, mode: str) -> None:
@@ -1047,14 +1053,13 @@ class ROIManagerWidget(QWidget):
         try:
             if ds.num_frames > MAIN_THREAD_MAX_FRAMES:
                 if self._mean_worker is None:
-                    self._mean_worker = _projection_steps(
-                        ds,
-                        _connect={
-                            "returned": lambda m: self._add_mean_layers(ds, m),
-                            "errored": self._on_mean_errored,
-                            "finished": self._on_mean_finished,
-                        },
-                    )
+                    slots = {
+                        "returned": lambda m: self._add_mean_layers(ds, m),
+                        "errored": self._on_mean_errored,
+                        "finished": self._on_mean_finished,
+                    }
+                    self._mean_worker = _projection_steps(ds, _connect=slots)
+                    self._mean_worker._napari_sima_slots = slots  # released when it ends
                     show_info("Computing the mean image in the background…")
                 return []
             moments = ds.compute_projections()
@@ -1143,7 +1148,7 @@ class ROIManagerWidget(QWidget):
         try:
             sets = self._read_sets()
             if label in sets:
-                rois = self.dataset.ROIs[label]  # type: ignore[union-attr]
+                rois = self._load_set(label)
                 source = ("dataset", label)
             else:
                 from ..core.roi_store import load_roi_set
@@ -1353,7 +1358,9 @@ class ROIManagerWidget(QWidget):
         show_error(f"Computing the mean image failed: {err}")
 
     def _on_mean_finished(self) -> None:
-        self._mean_worker = None
+        worker, self._mean_worker = self._mean_worker, None
+        if worker is not None:  # napari keeps ended workers: let go of the dataset
+            release_worker(worker, getattr(worker, "_napari_sima_slots", {}))
 
     # -- layer management -------------------------------------------------------------------
     def _show_rois(self, rois: ROIList, label: str, dirty: bool) -> bool:
@@ -1531,9 +1538,9 @@ class ROIManagerWidget(QWidget):
         if not self.layer.selected_data:  # type: ignore[union-attr]
             show_warning("Select one or more ROIs first (Select tool, or press 's').")
             return []
-        rois = set(self.selected_roi_indices())
-        values = self.layer.features["roi"].tolist()  # type: ignore[union-attr]
-        return [i for i, v in enumerate(values) if not _missing(v) and int(v) in rois]
+        rois = self.selected_roi_indices()
+        values, missing = _roi_values(self.layer.features)  # type: ignore[union-attr]
+        return np.flatnonzero(~missing & np.isin(values, rois)).tolist()
 
     def _count_rois(self, rows: list[int]) -> int:
         values = self.layer.features["roi"].tolist()  # type: ignore[union-attr]
@@ -1607,7 +1614,7 @@ class ROIManagerWidget(QWidget):
             return None
 
     # -- display ----------------------------------------------------------------------------
-    def _recolor(self) -> None:
+    def _recolor(self, shown: np.ndarray | None = None) -> None:
         layer = self.layer
         if layer is None or layer.nshapes == 0:
             return
@@ -1615,18 +1622,18 @@ class ROIManagerWidget(QWidget):
         n = layer.nshapes
         if self._color_by == "roi":
             colors = np.ones((n, 4))
-            for i, v in enumerate(df["roi"].tolist()):
-                if not _missing(v):
-                    colors[i, :3] = ROI_PALETTE[int(v) % len(ROI_PALETTE)]
+            values, missing = _roi_values(df)
+            known = np.flatnonzero(~missing[:n])
+            colors[known, :3] = np.asarray(ROI_PALETTE)[values[known] % len(ROI_PALETTE)]
         else:
             colors = np.tile(np.asarray(STATUS_COLORS[None]), (n, 1))
-            acc = df["accepted"].fillna(False).to_numpy(dtype=bool)
-            rej = df["rejected"].fillna(False).to_numpy(dtype=bool)
-            colors[acc] = STATUS_COLORS[ACCEPTED]
-            colors[rej] = STATUS_COLORS[REJECTED]
-        colors[~self.shown, 3] = 0.0
+            colors[_flags(df, "accepted")[:n]] = STATUS_COLORS[ACCEPTED]
+            colors[_flags(df, "rejected")[:n]] = STATUS_COLORS[REJECTED]
+        if shown is None:
+            shown = self.shown
+        colors[~shown, 3] = 0.0
         layer.edge_color = colors
-        self._update_summary()
+        self._update_summary(shown)
 
     def _update_table(self) -> None:
         layer = self.layer
@@ -1634,39 +1641,41 @@ class ROIManagerWidget(QWidget):
         if layer is None or not layer.selected_data:
             self._update_summary()
             return
+        # whole columns at once: a selection of thousands of shapes stays fast
         df = layer.features
+        roi_values, missing = _roi_values(df)
         groups: dict[Any, list[int]] = {}
         for i in sorted(layer.selected_data):
             if i >= len(df):
                 continue
-            v = df["roi"].iloc[i]
-            groups.setdefault(("new", i) if _missing(v) else int(v), []).append(i)
-        roi_col = df["roi"].tolist()
-        for key, members in list(groups.items())[:TABLE_MAX_ROWS]:
-            i = members[0]
-            n_shapes = (
-                sum(1 for v in roi_col if not _missing(v) and int(v) == key)
-                if isinstance(key, int)
-                else 1
-            )
-            status = ACCEPTED if bool(df["accepted"].iloc[i]) else ""
-            if bool(df["rejected"].iloc[i]):
-                status = REJECTED
-            label = df["label"].iloc[i]
-            values = [
-                str(key) if isinstance(key, int) else "new",
-                "" if _missing(label) else str(label),
-                ", ".join(_split_tags(df["tags"].iloc[i])),
-                status,
-                str(n_shapes),
-            ]
-            row = self.table.rowCount()
-            self.table.insertRow(row)
-            for col, text in enumerate(values):
-                self.table.setItem(row, col, QTableWidgetItem(text))
+            groups.setdefault(("new", i) if missing[i] else int(roi_values[i]), []).append(i)
+        shapes_per_roi = dict(
+            zip(*(a.tolist() for a in np.unique(roi_values[~missing], return_counts=True)),
+                strict=True)
+        )
+        accepted, rejected = _flags(df, "accepted"), _flags(df, "rejected")
+        labels, tags = df["label"].tolist(), df["tags"].tolist()
+        shown = list(groups.items())[:TABLE_MAX_ROWS]
+        self.table.setUpdatesEnabled(False)
+        try:
+            self.table.setRowCount(len(shown))
+            for row, (key, members) in enumerate(shown):
+                i = members[0]
+                status = REJECTED if rejected[i] else (ACCEPTED if accepted[i] else "")
+                values = [
+                    str(key) if isinstance(key, int) else "new",
+                    "" if _missing(labels[i]) else str(labels[i]),
+                    ", ".join(_split_tags(tags[i])),
+                    status,
+                    str(shapes_per_roi.get(key, 0) if isinstance(key, int) else 1),
+                ]
+                for col, text in enumerate(values):
+                    self.table.setItem(row, col, QTableWidgetItem(text))
+        finally:
+            self.table.setUpdatesEnabled(True)
         self._update_summary()
 
-    def _update_summary(self) -> None:
+    def _update_summary(self, shown: np.ndarray | None = None) -> None:
         layer = self.layer
         if self.dataset is None:
             text = "No dataset: open a movie or a .sima folder."
@@ -1674,27 +1683,19 @@ class ROIManagerWidget(QWidget):
             text = "No ROI set shown: choose one or create a new set."
         else:
             df = layer.features
-            rois = {("new", i) if _missing(v) else int(v) for i, v in enumerate(df["roi"].tolist())}
-            n_acc = len(
-                {
-                    int(v)
-                    for v, a in zip(df["roi"], df["accepted"], strict=True)
-                    if a and not _missing(v)
-                }
-            )
-            n_rej = len(
-                {
-                    int(v)
-                    for v, r in zip(df["roi"], df["rejected"], strict=True)
-                    if r and not _missing(v)
-                }
-            )
+            values, missing = _roi_values(df)
+            known = ~missing
+            n_rois = np.unique(values[known]).size + int(missing.sum())
+            n_acc = np.unique(values[known & _flags(df, "accepted")]).size
+            n_rej = np.unique(values[known & _flags(df, "rejected")]).size
             text = (
-                f"{len(rois)} ROI(s) in {layer.nshapes} shape(s): {n_acc} accepted, "
+                f"{n_rois} ROI(s) in {layer.nshapes} shape(s): {n_acc} accepted, "
                 f"{n_rej} rejected."
             )
             if self._tag_filter[0] or self._tag_filter[1]:
-                text += f"  Filter shows {int(self.shown.sum())} of {layer.nshapes} shapes."
+                if shown is None:
+                    shown = self.shown
+                text += f"  Filter shows {int(shown.sum())} of {layer.nshapes} shapes."
             if layer.selected_data:
                 text += f"  {len(layer.selected_data)} shape(s) selected."
             if self._dirty:
@@ -1734,16 +1735,50 @@ class ROIManagerWidget(QWidget):
         self._update_summary()
 
     # -- misc helpers -----------------------------------------------------------------------
+    def _roi_store(self) -> str | None:
+        """Return the dataset's ROI store folder, or None (legacy folder, in memory)."""
+        from ..core.roi_store import store_dir
+
+        savedir = getattr(self.dataset, "savedir", None)
+        if savedir is None:
+            return None
+        folder = store_dir(savedir)
+        return str(folder) if (folder / "index.json").exists() else None
+
+    def _load_set(self, label: str) -> ROIList:
+        """Read one ROI set of the dataset (only that set: the others stay on disk).
+
+        Raises
+        ------
+        KeyError
+            If there is no such set.
+        """
+        store = self._roi_store()
+        if store is None:
+            return self.dataset.ROIs[label]  # type: ignore[union-attr]
+        from ..core.roi_store import load_roi_set
+
+        return load_roi_set(store, label)
+
     def _read_sets(self) -> dict[str, str]:
         """``{label: timestamp}`` of the dataset's sets, newest first."""
         if self.dataset is None:
             return {}
         try:
-            sets = self.dataset.ROIs
+            store = self._roi_store()
+            if store is not None:  # the index only: no ROI is decoded
+                from ..core.roi_store import roi_set_timestamps
+
+                stamps = {k: str(v or "") for k, v in roi_set_timestamps(store).items()}
+            else:
+                sets = self.dataset.ROIs
+                stamps = {
+                    label: str(getattr(rois, "timestamp", "") or "")
+                    for label, rois in sets.items()
+                }
         except USER_ERRORS as err:
             show_error(f"Cannot read the dataset's ROI sets: {err}")
             return {}
-        stamps = {label: str(getattr(rois, "timestamp", "") or "") for label, rois in sets.items()}
         # newest first; equal timestamps: the set saved last first (as "most recent")
         order = sorted(enumerate(stamps.items()), key=lambda t: (t[1][1], t[0]), reverse=True)
         return {label: ts for _, (label, ts) in order}
@@ -1868,13 +1903,49 @@ def _split_tags(text: Any) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
-def _row_tags(df: Any, i: int) -> set[str]:
-    tags = set(_split_tags(df["tags"].iloc[i]))
-    if bool(df["accepted"].iloc[i]):
-        tags.add(ACCEPTED)
-    if bool(df["rejected"].iloc[i]):
-        tags.add(REJECTED)
-    return tags
+# Whole-column helpers: one pass over a column instead of a pandas lookup per row
+# (thousands of ROIs: milliseconds instead of seconds).
+def _roi_values(df: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``df['roi']`` as int64 (0 where missing) and its missing mask."""
+    col = df["roi"]
+    missing = col.isna().to_numpy(dtype=bool)
+    values = np.zeros(len(col), dtype=np.int64)
+    if not missing.all():
+        values[~missing] = [int(v) for v in col.to_numpy(dtype=object)[~missing]]
+    return values, missing
+
+
+def _flags(df: Any, name: str) -> np.ndarray:
+    """Return a boolean feature column as a bool array (missing values are False)."""
+    col = df[name]
+    if col.dtype == bool:
+        return col.to_numpy()
+    missing = col.isna().to_numpy(dtype=bool)
+    return np.array(
+        [False if m else bool(v) for v, m in zip(col.to_numpy(dtype=object), missing, strict=True)],
+        dtype=bool,
+    )
+
+
+def _tag_sets(df: Any) -> list[set[str]]:
+    """Return the tags of every row (``tags`` and the accepted / rejected flags)."""
+    parsed: dict[Any, frozenset[str]] = {}
+    out = []
+    missing = df["tags"].isna().to_numpy(dtype=bool)
+    for text, na, acc, rej in zip(
+        df["tags"].tolist(), missing, _flags(df, "accepted"), _flags(df, "rejected"),
+        strict=True,
+    ):
+        key = None if na else str(text)
+        if key not in parsed:
+            parsed[key] = frozenset(_split_tags(key))
+        tags = set(parsed[key])
+        if acc:
+            tags.add(ACCEPTED)
+        if rej:
+            tags.add(REJECTED)
+        out.append(tags)
+    return out
 
 
 @contextlib.contextmanager

@@ -58,7 +58,14 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import METADATA_KEY, sima_metadata, source_name, unwrap
-from ._common import blocked, datasets_in_layers, fill_dataset_combo, make_button, make_status_label
+from ._common import (
+    JobGuard,
+    blocked,
+    datasets_in_layers,
+    fill_dataset_combo,
+    make_button,
+    make_status_label,
+)
 from ._param_panel import (
     HIDDEN_FIELDS,
     INDENT,
@@ -587,6 +594,8 @@ class SegmentWidget(QWidget):
         self._job: SegmentationJob | None = None
         self._status_is_hint = False
         self._presets = strategy_presets()
+        # cancels the segmentation when the dataset's layers are removed or the dock deleted
+        self._job_guard = JobGuard(self, viewer, self.cancel)
 
         self.setObjectName("napari_sima_segment_widget")
         outer = QVBoxLayout(self)
@@ -1020,12 +1029,13 @@ class SegmentWidget(QWidget):
         self.progress_bar.setRange(0, 0)  # busy until the first progress report
         self.progress_bar.setValue(0)
         self._set_status(f"Segmenting with {type(strategy).__name__}…")
-        self._worker = _segmentation_steps(
-            job,
-            _connect={
-                "yielded": self._on_worker_yielded,
-                "finished": lambda: self._on_worker_finished(job),
-            },
+        slots = {
+            "yielded": self._on_worker_yielded,
+            "finished": lambda: self._on_worker_finished(job),
+        }
+        self._worker = _segmentation_steps(job, _connect=slots)
+        self._job_guard.watch(
+            [ds], job.cancel_requested.set, self._worker.quit, worker=self._worker, slots=slots
         )
         self._update_controls()
         return self._worker
@@ -1106,8 +1116,16 @@ class SegmentWidget(QWidget):
         with contextlib.suppress(Exception):
             job.steps.close()
         if self._job is job:
+            self._job_guard.release()
             self._worker = None
             self._job = None
+        try:
+            self._finish(job)
+        except RuntimeError:  # the Qt side of the widget is gone (closed with the viewer)
+            logger.debug("segmentation finished after the widget was deleted", exc_info=True)
+        job.dataset = None  # napari keeps ended workers (and a quit one's job): see JobGuard
+
+    def _finish(self, job: SegmentationJob) -> None:
         self.progress_bar.setRange(0, PROGRESS_STEPS)
         if job.error is not None:
             self.progress_bar.setValue(0)

@@ -75,7 +75,15 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import METADATA_KEY, projection_layer_data, sima_metadata, source_name, unwrap
-from ._common import USER_ERRORS, blocked, datasets_in_layers, make_button, make_status_label
+from ._common import (
+    USER_ERRORS,
+    JobGuard,
+    blocked,
+    datasets_in_layers,
+    make_button,
+    make_status_label,
+    release_worker,
+)
 from ._sessions_view import (
     ALIGN_LAYER_NAME,
     COLOR_MODES,
@@ -244,9 +252,16 @@ class SessionsWidget(QWidget):
         self._worker: Any = None
         self._job: SessionJob | None = None
         self._mean_workers: dict[int, Any] = {}
+        # cancels the running job when a dataset it uses leaves the viewer, and stops
+        # every worker when the dock is deleted (the slot holds the dict, not the dock)
+        self._job_guard = JobGuard(self, viewer, self.cancel)
+        mean_workers = self._mean_workers
+        self._job_guard.add_stop(lambda: [w.quit() for w in list(mean_workers.values())])
         self._quiet_depth = 0
         self._warned_edit = False
         self._closed = False
+        # rows added because their dataset appeared in the viewer: removed with its layers
+        self._viewer_sessions: list[Session] = []
         self._shape_counts: dict[tuple[int, int], int] = {}
 
         self.setObjectName("napari_sima_sessions_widget")
@@ -652,6 +667,7 @@ class SessionsWidget(QWidget):
             if id(ds) in have or not hasattr(ds, "ROIs"):
                 continue
             if self.add_session(ds, name=name) >= 0:
+                self._viewer_sessions.append(self._sessions[-1])
                 have.add(id(ds))
                 added += 1
         if notify and not added:
@@ -690,6 +706,7 @@ class SessionsWidget(QWidget):
             show_error(f"There is no session row {index}.")
             return False
         session = self._sessions.pop(index)
+        self._viewer_sessions = [s for s in self._viewer_sessions if s is not session]
         if self._reference is session:
             self._reference = self._sessions[0] if self._sessions else None
         if self._source is session:
@@ -821,6 +838,7 @@ class SessionsWidget(QWidget):
             job,
             f"Estimating the {kwargs['method']} transform {source.name} → {target.name} "
             f"from {what}…",
+            [source.dataset, target.dataset],
         )
 
     def import_preview(self, label: str | None = None, overwrite: bool = False) -> str | None:
@@ -948,7 +966,11 @@ class SessionsWidget(QWidget):
             return None
         job = SessionJob("register", steps, context={"state": state})
         n = sum(len(r) for r in state.display)
-        return self._start(job, f"Registering {n} ROIs across {len(state.display)} sessions…")
+        return self._start(
+            job,
+            f"Registering {n} ROIs across {len(state.display)} sessions…",
+            [s.dataset for s in state.sessions],
+        )
 
     def selected_refs(self) -> list[tuple[int, int]]:
         """``(session, ROI index)`` of the ROIs selected in the align layer."""
@@ -1300,7 +1322,34 @@ class SessionsWidget(QWidget):
 
                 QTimer.singleShot(0, self._warn_align_removed)
         with contextlib.suppress(RuntimeError):
+            self._prune_viewer_sessions()
             self._update_controls()
+
+    def _prune_viewer_sessions(self) -> None:
+        """Remove the rows of datasets that came from the viewer and have left it.
+
+        Kept: rows used by a running job (pruned when it ends) and rows of an align view
+        with unsaved ids or tags.  Without this every dataset ever opened in the viewer
+        would stay a row, its movie files open.
+        """
+        if self._closed or self.is_running or not self._viewer_sessions:
+            return
+        shown = {id(ds) for _, ds in datasets_in_layers(self._layers())}
+        gone = [s for s in self._viewer_sessions if id(s.dataset) not in shown]
+        if not gone:
+            return
+        align = self.align
+        for session in gone:
+            if (
+                align is not None
+                and align.dirty
+                and any(a.dataset is session.dataset for a in align.sessions)
+            ):
+                continue
+            self._viewer_sessions = [s for s in self._viewer_sessions if s is not session]
+            index = next((k for k, s in enumerate(self._sessions) if s is session), None)
+            if index is not None:
+                self.remove_session(index)
 
     def _warn_align_removed(self) -> None:
         with contextlib.suppress(RuntimeError):  # the widget is gone with the viewer
@@ -1335,10 +1384,18 @@ class SessionsWidget(QWidget):
         with contextlib.suppress(Exception):
             job.steps.close()
         if self._job is job:
+            self._job_guard.release()
             self._worker = None
             self._job = None
-        if self._closed:
-            return
+        try:
+            if not self._closed:
+                self._finish(job)
+                self._prune_viewer_sessions()  # rows whose datasets left while the job ran
+        except RuntimeError:  # the Qt side of the widget is gone (closed with the viewer)
+            logger.debug("%s finished after the widget was deleted", job.kind, exc_info=True)
+        job.context = {}  # napari keeps ended workers (and a quit one's job): see JobGuard
+
+    def _finish(self, job: SessionJob) -> None:
         self.progress_bar.setRange(0, 1)
         if job.error is not None:
             self.progress_bar.setValue(0)
@@ -1419,26 +1476,32 @@ class SessionsWidget(QWidget):
         show_info(message)
 
     def _on_mean_returned(self, ds: ImagingDataset, moments: Any) -> None:
-        self._mean_workers.pop(id(ds), None)
+        self._release_mean_worker(ds)
         if not self._closed:
             self._add_mean_layers(ds, moments)
 
     def _on_mean_errored(self, ds: ImagingDataset, err: Exception) -> None:
-        self._mean_workers.pop(id(ds), None)
+        self._release_mean_worker(ds)
         show_error(f"Computing the mean image failed: {_message(err)}")
 
+    def _release_mean_worker(self, ds: ImagingDataset) -> None:
+        worker = self._mean_workers.pop(id(ds), None)
+        if worker is not None:  # napari keeps ended workers: let go of ds and the widget
+            release_worker(worker, getattr(worker, "_napari_sima_slots", {}))
+
     # -- helpers: jobs ----------------------------------------------------------------------
-    def _start(self, job: SessionJob, text: str) -> Any:
+    def _start(self, job: SessionJob, text: str, datasets: list[ImagingDataset]) -> Any:
         self._job = job
         self.progress_bar.setRange(0, 0)  # busy until the first progress report
         self.progress_bar.setValue(0)
         self._set_status(text)
-        self._worker = _job_steps(
-            job,
-            _connect={
-                "yielded": self._on_worker_yielded,
-                "finished": lambda: self._on_worker_finished(job),
-            },
+        slots = {
+            "yielded": self._on_worker_yielded,
+            "finished": lambda: self._on_worker_finished(job),
+        }
+        self._worker = _job_steps(job, _connect=slots)
+        self._job_guard.watch(
+            datasets, job.cancel_requested.set, self._worker.quit, worker=self._worker, slots=slots
         )
         self._update_controls()
         return self._worker
@@ -1805,13 +1868,13 @@ class SessionsWidget(QWidget):
         try:
             if ds.num_frames > MAIN_THREAD_MAX_FRAMES:
                 if id(ds) not in self._mean_workers:
-                    self._mean_workers[id(ds)] = _projection_steps(
-                        ds,
-                        _connect={
-                            "returned": lambda m, ds=ds: self._on_mean_returned(ds, m),
-                            "errored": lambda e, ds=ds: self._on_mean_errored(ds, e),
-                        },
-                    )
+                    slots = {
+                        "returned": lambda m, ds=ds: self._on_mean_returned(ds, m),
+                        "errored": lambda e, ds=ds: self._on_mean_errored(ds, e),
+                    }
+                    worker = _projection_steps(ds, _connect=slots)
+                    worker._napari_sima_slots = slots  # released when it ends
+                    self._mean_workers[id(ds)] = worker
                 return []
             moments = ds.compute_projections()
         except USER_ERRORS as err:

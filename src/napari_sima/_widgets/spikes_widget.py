@@ -58,6 +58,7 @@ from qtpy.QtWidgets import (
 from .._layers import sima_metadata, unwrap
 from ._common import (
     USER_ERRORS,
+    JobGuard,
     blocked,
     datasets_in_layers,
     fill_dataset_combo,
@@ -261,6 +262,8 @@ class SpikesWidget(QWidget):
         self._status_is_hint = False
         self._relay = _ProgressRelay(self)
         self._relay.progressed.connect(self._on_progress)
+        # cancels the inference when the dataset's layers are removed or the dock deleted
+        self._job_guard = JobGuard(self, viewer, self.cancel)
 
         self.setObjectName("napari_sima_spikes_widget")
         layout = QVBoxLayout(self)
@@ -599,9 +602,9 @@ class SpikesWidget(QWidget):
         self.progress_bar.setRange(0, 0)  # busy until the first trace is done
         self.progress_bar.setValue(0)
         self._set_status(f"Estimating the parameters of {label!r}…")
-        self._worker = _inference_job(
-            job, self._relay, _connect={"finished": lambda: self._on_worker_finished(job)}
-        )
+        slots = {"finished": lambda: self._on_worker_finished(job)}
+        self._worker = _inference_job(job, self._relay, _connect=slots)
+        self._job_guard.watch([ds], job.cancel_requested.set, worker=self._worker, slots=slots)
         self._update_controls()
         return self._worker
 
@@ -692,9 +695,11 @@ class SpikesWidget(QWidget):
             self._finish(job)
         except RuntimeError:  # the Qt side of the widget is gone
             logger.debug("inference finished after the widget was deleted", exc_info=True)
+        job.dataset = None  # napari keeps ended workers (and their job): see JobGuard
 
     def _finish(self, job: SpikesJob) -> None:
         if self._job is job:
+            self._job_guard.release()
             self._worker = None
             self._job = None
         self.progress_bar.setRange(0, 1)

@@ -145,17 +145,27 @@ def find_traces_widget(viewer: napari.Viewer) -> TracesWidget | None:
 
 
 @thread_worker
-def _dff_job(
-    dataset: ImagingDataset, label: str, channel: int, raw: list[np.ndarray]
-) -> tuple[list[np.ndarray], bool]:
-    """Compute the ΔF/F of a whole set (and store it, for a dataset with a folder)."""
-    signals: dict[str, Any] = {"raw": raw}
+def _dff_job(job: dict[str, Any]) -> tuple[list[np.ndarray], bool]:
+    """Compute the ΔF/F of a whole set (and store it, for a dataset with a folder).
+
+    ``job`` holds ``dataset``, ``label``, ``channel`` and ``raw``; it is emptied when the
+    worker has finished (napari keeps ended workers, with their arguments).
+    """
+    dataset, label, channel = job["dataset"], job["label"], job["channel"]
+    signals: dict[str, Any] = {"raw": job["raw"]}
     arrays = rs.compute_dff(signals)
     stored = False
     if dataset.savedir is not None:
         signals.update(dff=arrays, dff_parameters=dict(rs.DFF_PARAMETERS))
         stored = rs.store_dff(dataset, label, signals, channel)
     return arrays, stored
+
+
+def _forget_dff_worker(worker: Any, job: dict[str, Any]) -> None:
+    """Drop what an ended ΔF/F worker holds (napari keeps ended workers)."""
+    job.clear()
+    worker._napari_sima_signals = None
+    worker._napari_sima_target = None
 
 
 class _TraceViewBox(pg.ViewBox):
@@ -1016,11 +1026,13 @@ class TracesWidget(QWidget):
             except USER_ERRORS as err:
                 show_error(f"Computing ΔF/F failed: {_err_text(err)}")
             return
-        worker = _dff_job(ds, label, ch, list(signals["raw"]))
+        job = {"dataset": ds, "label": label, "channel": ch, "raw": list(signals["raw"])}
+        worker = _dff_job(job)
         worker._napari_sima_signals = signals  # type: ignore[attr-defined]
         worker._napari_sima_target = (ds, label, ch)  # type: ignore[attr-defined]
         worker.returned.connect(self._on_dff_returned)
         worker.errored.connect(self._on_dff_errored)
+        worker.finished.connect(lambda: _forget_dff_worker(worker, job))
         self._dff_worker = worker
         worker.start()
 

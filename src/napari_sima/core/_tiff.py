@@ -10,6 +10,18 @@ Reading strategy (fastest first):
 2. uncompressed pages at scattered offsets (e.g. ScanImage files with an IFD between
    pages): one ``preadv`` per page;
 3. anything else (compressed, tiled, odd bit depths): tifffile decodes the pages.
+
+Untrusted files
+---------------
+Opening a file reads only its headers, and what they declare is checked before
+anything is allocated: a page (every frame read decodes whole pages) may not exceed
+:data:`MAX_PAGE_BYTES`; uncompressed pages must fit in the file; compressed pages may
+not claim more than :data:`MAX_COMPRESSION_RATIO` times the file size (unless
+small); metadata (OME, ImageJ, tifffile's own) may not declare more than
+:data:`MAX_PAGES` pages.  Before a compressed page is decoded, its compressed size is
+checked against its decoded size (a deflate bomb in a strip is refused).  Whatever
+tifffile raises for a damaged file (``struct.error``, ``IndexError``, ...) is turned
+into :class:`~napari_sima.core.errors.FileFormatError` naming the file.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import glob as _glob
 import logging
+import math
 import os
 import threading
 import warnings
@@ -28,7 +41,18 @@ import numpy as np
 
 from . import _indexing as ix
 from ._indexing import Region, TimeIndex
+from .errors import FileFormatError, ResourceLimitError
 from .sequence import Sequence, _register, check_movie_file, path_to_dict, resolve_stored_path
+
+#: Largest decoded size of one page, in bytes (reading any frame decodes whole pages).
+MAX_PAGE_BYTES = 2**30
+#: Largest number of pages a file's metadata may declare.
+MAX_PAGES = 2**22
+#: A compressed page may not declare more than this many times the file's size in
+#: decoded bytes (deflate's best ratio is 1032:1) unless it is at most
+#: :data:`_SMALL_PAGE_BYTES`.
+MAX_COMPRESSION_RATIO = 4096
+_SMALL_PAGE_BYTES = 16 * 2**20
 
 #: tifffile axis letters that mean "a sequence of images of unknown meaning".
 _GENERIC_AXES = set("IQ")
@@ -53,6 +77,25 @@ def _open_tiff(path: str):
         return _open_tiff_loud(path)
 
 
+@contextlib.contextmanager
+def _tifffile_errors(path: str, doing: str) -> Iterator[None]:
+    """Turn what tifffile raises for a damaged file into :class:`FileFormatError`.
+
+    ``OSError`` (the file cannot be read) and our own errors pass through; so does
+    ``MemoryError``: sizes are checked before allocating, and the fuzzing job must
+    see any allocation that escaped the checks.
+    """
+    try:
+        yield
+    except (OSError, FileFormatError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - struct.error, IndexError, KeyError, ...
+        raise FileFormatError(
+            f"cannot {doing} {path!r}: the file is damaged or not a TIFF file that can be "
+            f"read ({type(err).__name__}: {err})"
+        ) from err
+
+
 def _open_tiff_loud(path: str):
     import tifffile
 
@@ -60,7 +103,34 @@ def _open_tiff_loud(path: str):
     try:
         return tifffile.TiffFile(path)
     except tifffile.TiffFileError as err:
-        raise ValueError(f"{path!r} is not a readable TIFF file ({err})") from None
+        raise FileFormatError(f"{path!r} is not a readable TIFF file ({err})") from None
+    except (OSError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - struct.error, IndexError... on damaged files
+        raise FileFormatError(
+            f"{path!r} is not a readable TIFF file ({type(err).__name__}: {err})"
+        ) from None
+
+
+def _check_ome_sizes(tif: Any, path: str) -> None:
+    """Refuse OME metadata declaring more than :data:`MAX_PAGES` planes per image.
+
+    tifffile makes a list entry for every declared plane (missing ones are zeros),
+    so ``SizeT="1000000" SizeZ="1000000"`` would allocate terabytes.
+    """
+    import re
+
+    text = tif.pages.first.description or ""
+    for pixels in re.finditer(r"<(?:\w+:)?Pixels\b[^>]*>", text):
+        sizes = dict(re.findall(r'\bSize([ZCT])\s*=\s*["\']\s*(\d{1,30})\s*["\']', pixels.group(0)))
+        planes = 1
+        for value in sizes.values():
+            planes *= max(int(value), 1)
+        if planes > MAX_PAGES:
+            raise ResourceLimitError(
+                f"{path!r}: its OME metadata declares {planes} planes in one image, more "
+                f"than the {MAX_PAGES} accepted; refusing to read it"
+            )
 
 
 class TiffPages:
@@ -99,54 +169,111 @@ class TiffPages:
 
     # -- inspection ------------------------------------------------------------------
     def _inspect(self, tif: Any) -> None:
-        if not len(tif.pages):
-            raise ValueError(f"{self.path!r} holds no image pages")
-        meta_shaped = tif.is_imagej or tif.is_ome or tif.is_scanimage
-        series = None
-        if meta_shaped or (tif.is_shaped and len(tif.series) == 1):
-            series = tif.series[0]
+        path = self.path
+        with _tifffile_errors(path, "read the TIFF structure of"):
+            if not len(tif.pages):
+                raise FileFormatError(f"{path!r} holds no image pages")
+            if tif.is_ome:
+                _check_ome_sizes(tif, path)
+            meta_shaped = tif.is_imagej or tif.is_ome or tif.is_scanimage
+            series = None
+            if meta_shaped or (tif.is_shaped and len(tif.series) == 1):
+                series = tif.series[0]
+            if series is not None:
+                axes = str(series.axes)
+                shape = tuple(int(s) for s in series.shape)
+                keyframe = series.keyframe
+                series_offset = series.dataoffset
+            else:
+                keyframe = tif.pages.first
+                axes = "I"
+                shape = (len(tif.pages), *(int(s) for s in keyframe.shape))
+                series_offset = None
+            planar = keyframe.planarconfig
+            pixel_dtype = keyframe.dtype
+            compression = int(keyframe.compression)
+            bits = int(keyframe.bitspersample)
+            memmappable = bool(keyframe.is_memmappable)
         if series is not None:
-            axes = series.axes
-            shape = tuple(int(s) for s in series.shape)
             if "Y" not in axes or "X" not in axes:
-                raise ValueError(f"{self.path!r}: cannot find the image axes in {axes!r}")
+                raise FileFormatError(f"{path!r}: cannot find the image axes in {axes!r}")
             # page axes: everything before Y; samples after X
             iy = axes.index("Y")
+            if axes[iy:] not in ("YX", "YXS"):
+                raise FileFormatError(
+                    f"{path!r} stores pages with axes {axes[iy:]!r}; expected 'YX' or 'YXS'"
+                )
             self.axes = axes[:iy]
             self.grid_shape = shape[:iy]
             self.page_shape = shape[iy:]
-            if axes[iy:] not in ("YX", "YXS"):
-                raise ValueError(
-                    f"{self.path!r} stores pages with axes {axes[iy:]!r}; expected 'YX' or 'YXS'"
-                )
-            keyframe = series.keyframe
-            self._series_index = 0
-            self._series_offset = series.dataoffset
+            self._series_index: int | None = 0
         else:
-            keyframe = tif.pages.first
-            n = len(tif.pages)
-            self.axes = "I"
-            self.grid_shape = (n,)
-            self.page_shape = tuple(int(s) for s in keyframe.shape)
-            if len(self.page_shape) == 3 and keyframe.planarconfig == 2:
-                raise ValueError(f"{self.path!r}: planar RGB pages are not supported")
+            self.axes = axes
+            self.grid_shape = shape[:1]
+            self.page_shape = shape[1:]
+            if len(self.page_shape) == 3 and planar == 2:
+                raise FileFormatError(f"{path!r}: planar RGB pages are not supported")
+            if len(self.page_shape) not in (2, 3):
+                raise FileFormatError(
+                    f"{path!r}: its pages have shape {self.page_shape}; expected (y, x) or "
+                    f"(y, x, samples)"
+                )
             self._series_index = None
-            self._series_offset = None
-        if keyframe.dtype is None or np.dtype(keyframe.dtype).kind not in "biuf":
-            raise ValueError(f"{self.path!r} holds {keyframe.dtype} pixels, expected numbers")
-        stored = np.dtype(keyframe.dtype).newbyteorder(tif.byteorder)
+        if pixel_dtype is None:
+            raise FileFormatError(
+                f"{path!r} stores pixels of {bits} bits per sample in a format that cannot "
+                f"be read (its BitsPerSample/SampleFormat tags are unsupported or corrupt)"
+            )
+        if np.dtype(pixel_dtype).kind not in "biuf":
+            raise FileFormatError(f"{path!r} holds {pixel_dtype} pixels, expected numbers")
+        stored = np.dtype(pixel_dtype).newbyteorder(tif.byteorder)
         self._stored_dtype = stored
         self.dtype = stored.newbyteorder("=")
-        self.num_pages = int(np.prod(self.grid_shape)) if self.grid_shape else 1
-        self.page_bytes = int(np.prod(self.page_shape)) * stored.itemsize
+        self.num_pages = math.prod(self.grid_shape)
+        self.page_bytes = math.prod(self.page_shape) * stored.itemsize
+        self._check_sizes(compression, bits, series_offset)
         self._raw_ok = bool(
-            keyframe.compression == 1
-            and keyframe.is_memmappable
-            and (keyframe.bitspersample == stored.itemsize * 8)
+            compression == 1 and memmappable and (bits == stored.itemsize * 8)
         )
-        if self._series_offset is not None:
-            self._offsets = self._series_offset + self.page_bytes * np.arange(
-                self.num_pages, dtype=np.int64
+        self._series_offset = series_offset
+
+    def _check_sizes(self, compression: int, bits: int, series_offset: int | None) -> None:
+        """Refuse declared sizes that cannot be real before anything is allocated."""
+        path = self.path
+        file_size = os.path.getsize(path)
+        what = f"{' x '.join(map(str, self.page_shape))} {self.dtype} pixels"
+        if self.num_pages > MAX_PAGES:
+            raise ResourceLimitError(
+                f"{path!r} declares {self.num_pages} pages, more than the {MAX_PAGES} "
+                f"accepted; refusing to read it"
+            )
+        if self.page_bytes > MAX_PAGE_BYTES:
+            raise ResourceLimitError(
+                f"{path!r} declares pages of {what} ({self.page_bytes} bytes each), more "
+                f"than the {MAX_PAGE_BYTES} bytes accepted per page; refusing to read it"
+            )
+        if compression == 1:
+            stored_bits = math.prod(self.page_shape) * max(bits, 1)
+            if (stored_bits + 7) // 8 > file_size:
+                raise FileFormatError(
+                    f"{path!r} declares uncompressed pages of {what} "
+                    f"({(stored_bits + 7) // 8} bytes) but the whole file has {file_size} "
+                    f"bytes: its header is corrupt"
+                )
+            if series_offset is not None:
+                end = int(series_offset) + self.num_pages * self.page_bytes
+                if end > file_size:
+                    raise FileFormatError(
+                        f"{path!r} declares {self.num_pages} pages of {what} stored from "
+                        f"byte {series_offset}, which would end at byte {end}, but the file "
+                        f"has {file_size} bytes: its metadata is corrupt or the file is "
+                        f"truncated"
+                    )
+        elif self.page_bytes > max(_SMALL_PAGE_BYTES, MAX_COMPRESSION_RATIO * file_size):
+            raise ResourceLimitError(
+                f"{path!r} declares compressed pages of {what} ({self.page_bytes} bytes "
+                f"each) in a file of {file_size} bytes, a ratio above "
+                f"{MAX_COMPRESSION_RATIO}:1; refusing to read it"
             )
 
     # -- file handles --------------------------------------------------------------------
@@ -194,24 +321,40 @@ class TiffPages:
             pass
 
     def _page_offsets(self) -> np.ndarray | None:
-        """Byte offsets of every page's pixels when they can be read raw, else None."""
+        """Byte offsets of every page's pixels when they can be read raw, else None.
+
+        Only for files without a contiguous series (those use
+        :meth:`_offsets_of`); looks at every page's IFD once.
+        """
         if self._offsets is not None or not self._raw_ok:
             return self._offsets
         tif = self._tiff()
         offsets = np.empty(self.num_pages, dtype=np.int64)
-        for i in range(self.num_pages):
-            page = tif.pages[i]
-            doffs, dcounts = page.dataoffsets, page.databytecounts
-            if (
-                page.shape != tif.pages.first.shape
-                or sum(dcounts) != self.page_bytes
-                or any(doffs[k] + dcounts[k] != doffs[k + 1] for k in range(len(doffs) - 1))
-            ):
-                self._raw_ok = False
-                return None
-            offsets[i] = doffs[0]
+        with _tifffile_errors(self.path, "read the page headers of"), _quiet_tifffile():
+            first_shape = tif.pages.first.shape
+            for i in range(self.num_pages):
+                page = tif.pages[i]
+                doffs, dcounts = page.dataoffsets, page.databytecounts
+                if (
+                    page.shape != first_shape
+                    or not len(doffs)
+                    or sum(dcounts) != self.page_bytes
+                    or any(doffs[k] + dcounts[k] != doffs[k + 1] for k in range(len(doffs) - 1))
+                ):
+                    self._raw_ok = False
+                    return None
+                offsets[i] = doffs[0]
         self._offsets = offsets
         return offsets
+
+    def _offsets_of(self, first: int, length: int) -> np.ndarray | None:
+        """Byte offsets of pages ``first ... first + length - 1``, or None (decode)."""
+        if self._series_offset is not None and self._raw_ok:
+            return self._series_offset + self.page_bytes * np.arange(
+                first, first + length, dtype=np.int64
+            )
+        offsets = self._page_offsets()
+        return None if offsets is None else offsets[first : first + length]
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, pages: np.ndarray) -> np.ndarray:
@@ -220,17 +363,15 @@ class TiffPages:
         if pages.size and (pages.min() < 0 or pages.max() >= self.num_pages):
             raise IndexError(f"page index out of range for {self.num_pages} pages of {self.path!r}")
         with self._lock:
-            offsets = self._page_offsets()
-            if offsets is None:
+            if not self._raw_ok or (self._series_offset is None and self._page_offsets() is None):
                 return self._read_decoded(pages)
             out = np.empty((pages.size,) + tuple(self.page_shape), dtype=self._stored_dtype)
             flat = out.reshape(pages.size, -1).view(np.uint8)
             fd = self._fdesc()
             for pos, first, length in ix.runs(pages):
-                offs = offsets[first : first + length]
-                adjacent = length == 1 or bool(
-                    np.all(np.diff(offs) == self.page_bytes)
-                )
+                offs = self._offsets_of(first, length)
+                assert offs is not None
+                adjacent = length == 1 or bool(np.all(np.diff(offs) == self.page_bytes))
                 if adjacent:
                     self._pread(fd, flat[pos : pos + length].reshape(-1), int(offs[0]))
                 else:
@@ -252,20 +393,60 @@ class TiffPages:
                 )
             got += n
 
+    def _page_objects(self, tif: Any, pages: np.ndarray) -> list[Any] | None:
+        """tifffile's page objects for ``pages`` (None: let tifffile map a series)."""
+        if self._series_index is None:
+            return [tif.pages[int(i)] for i in pages]
+        series = tif.series[self._series_index]
+        if len(series.pages) != self.num_pages:
+            return None
+        return [series.pages[int(i)] for i in pages]
+
+    def _check_page(self, page: Any, index: int) -> None:
+        """Refuse a page whose declared layout differs or whose compressed data is too
+        large for its decoded size (a deflate bomb), before tifffile decodes it."""
+        if page is None:  # a plane missing from an OME series: tifffile gives zeros
+            return
+        shape = tuple(int(s) for s in page.shape)
+        if math.prod(shape) * self._stored_dtype.itemsize != self.page_bytes:
+            raise FileFormatError(
+                f"page {index} of {self.path!r} has shape {shape}, unlike the first page "
+                f"{tuple(self.page_shape)}"
+            )
+        if int(page.compression) != 1:
+            packed = sum(int(c) for c in page.databytecounts)
+            if packed > 2 * self.page_bytes + 65536:
+                raise FileFormatError(
+                    f"page {index} of {self.path!r} holds {packed} bytes of compressed data "
+                    f"for {self.page_bytes} bytes of pixels: the file is corrupt (or a "
+                    f"decompression bomb); refusing to decode it"
+                )
+
     def _read_decoded(self, pages: np.ndarray) -> np.ndarray:
-        tif = self._tiff()
         out = np.empty((pages.size,) + tuple(self.page_shape), dtype=self.dtype)
         if pages.size == 0:
             return out
+        with _tifffile_errors(self.path, "read the page headers of"), _quiet_tifffile():
+            tif = self._tiff()
+            objects = self._page_objects(tif, pages)
+            if objects is not None:
+                for page, index in zip(objects, pages.tolist(), strict=True):
+                    self._check_page(page, index)
         try:
-            if self._series_index is not None:
-                with _quiet_tifffile():
+            with _quiet_tifffile():
+                if objects is None:
                     data = tif.asarray(key=pages.tolist(), series=self._series_index)
-            else:
-                data = np.stack([tif.pages[int(i)].asarray() for i in pages])
+                    out[...] = np.reshape(data, out.shape)
+                else:
+                    for k, page in enumerate(objects):
+                        if page is None:
+                            out[k] = 0
+                        else:
+                            out[k] = np.reshape(page.asarray(), out.shape[1:])
+        except MemoryError:
+            raise
         except Exception as err:  # noqa: BLE001 - tifffile raises many kinds
-            raise OSError(f"cannot decode pages of {self.path!r}: {err}") from None
-        out[...] = np.reshape(data, out.shape)
+            raise FileFormatError(f"cannot decode pages of {self.path!r}: {err}") from None
         return out
 
 

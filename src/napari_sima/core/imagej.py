@@ -21,10 +21,14 @@ Reading (:func:`read_imagej_rois`)
   vertex per pixel of circumference for ovals wider than 10 pixels; composite ->
   every closed sub-path of ``coordinates(multi=True)`` is a polygon of the same ROI.
 * **Holes.** ImageJ fills composite ROIs with the even-odd rule.  Our polygon ROIs
-  have no holes (their polygons are OR-ed), so a composite whose sub-paths are
-  disjoint becomes a polygon ROI, while one whose sub-paths overlap or nest (holes)
-  becomes a **mask** ROI rasterised with the even-odd rule on pixel centres (exactly
-  ImageJ's region); a warning names these ROIs.
+  have no holes (their polygons are OR-ed), so a composite whose sub-paths share no
+  pixel centre becomes a polygon ROI, while one whose sub-paths overlap or nest
+  (holes) becomes a **mask** ROI rasterised with the even-odd rule on pixel centres
+  (exactly ImageJ's region); a warning names these ROIs.
+* **Self-crossing outlines** (a freehand ROI drawn over itself, or any outline longer
+  than 8192 vertices, which is not checked) are also read as even-odd **masks**,
+  ImageJ's own filling: repairing them as polygons takes GEOS minutes for outlines
+  that cross themselves thousands of times.
 * **Skipped** (one ``UserWarning`` naming every skipped ROI and why): point, line
   (and arrow), polyline, freeline, angle, no-ROI, text and image ROIs (no area);
   ROIs with fewer than 3 distinct vertices or zero area; ROIs entirely outside the
@@ -45,12 +49,20 @@ Reading (:func:`read_imagej_rois`)
   ``.roi``, a zip nor an ImageJ TIFF -> ``ValueError``; an empty RoiSet, a zip with no
   ROI among its members, or a TIFF without overlays -> ``ValueError``; zip members
   that are not ImageJ ROIs (no ``Iout`` magic, e.g. a README or macOS ``._`` files)
-  are skipped with a warning; a member or file that *is* an ImageJ ROI but is
-  truncated or corrupt makes the whole import fail with a ``ValueError`` naming the
-  file and member (a damaged RoiSet should be noticed, not half-imported).  Archives
-  with more than :data:`MAX_MEMBERS` members, members larger than
-  :data:`MAX_MEMBER_BYTES` or more than :data:`MAX_TOTAL_BYTES` in total are refused
-  (zip-bomb guard).
+  are skipped with a warning (and only their first bytes are inflated); a member or
+  file that *is* an ImageJ ROI but is truncated or corrupt makes the whole import
+  fail with a :class:`~.errors.FileFormatError` naming the file and member (a
+  damaged RoiSet should be noticed, not half-imported).
+* **Limits** (:class:`~.errors.ResourceLimitError`, raised before anything large is
+  allocated or inflated): archives whose end record claims more than
+  :data:`MAX_MEMBERS` members or a central directory over
+  :data:`MAX_DIRECTORY_BYTES` (checked before :mod:`zipfile` parses it), members
+  larger than :data:`MAX_MEMBER_BYTES` or more than :data:`MAX_TOTAL_BYTES` in total
+  (zip-bomb guard; zipfile also stops inflating at the declared size); ROIs with
+  more than :data:`MAX_VERTICES` vertices; masks over :data:`MAX_MASK_PIXELS`
+  pixels or :data:`MAX_MASK_PLANES` planes when ``im_shape`` is not given; more
+  than ``_MAX_CROSSINGS`` edge/row crossings rasterised per file.  Ovals get at
+  most 4096 vertices.
 
 Writing (:func:`write_imagej_rois`)
 -----------------------------------
@@ -84,6 +96,7 @@ import math
 import os
 import posixpath
 import re
+import struct
 import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -94,25 +107,52 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
-from .roi import ROI, NonBooleanMask, polygon_pixels
+from .errors import FileFormatError, ResourceLimitError
+from .roi import ROI, NonBooleanMask
 
 if TYPE_CHECKING:
     from roifile import ImagejRoi
 
 __all__ = [
+    "MAX_DIRECTORY_BYTES",
+    "MAX_MASK_PIXELS",
+    "MAX_MASK_PLANES",
     "MAX_MEMBERS",
     "MAX_MEMBER_BYTES",
     "MAX_TOTAL_BYTES",
+    "MAX_VERTICES",
     "read_imagej_rois",
     "write_imagej_rois",
 ]
 
-#: Largest accepted size of one ``.roi`` file or zip member (uncompressed).
-MAX_MEMBER_BYTES = 64 * 2**20
+#: Largest accepted size of one ``.roi`` file or zip member (uncompressed).  A
+#: 65,535-vertex sub-pixel polygon takes 0.8 MB.
+MAX_MEMBER_BYTES = 16 * 2**20
 #: Largest accepted number of members in a RoiSet zip (or overlays in a TIFF).
 MAX_MEMBERS = 100_000
 #: Largest accepted total uncompressed size of a RoiSet zip.
-MAX_TOTAL_BYTES = 2**30
+MAX_TOTAL_BYTES = 256 * 2**20
+#: Largest accepted central directory of a RoiSet zip (checked before it is parsed).
+MAX_DIRECTORY_BYTES = 64 * 2**20
+#: Largest accepted number of vertices of one ImageJ ROI.
+MAX_VERTICES = 2**20
+#: Largest composite path (3 numbers per vertex) of one ImageJ ROI; roifile decodes
+#: it in Python, about 0.5 s per million numbers.
+_MAX_PATH_FLOATS = 2**19
+#: Largest mask (rows x columns) made for a composite ROI read without ``im_shape``.
+MAX_MASK_PIXELS = 2**24
+#: Largest number of planes of a mask ROI read without ``im_shape``.
+MAX_MASK_PLANES = 4096
+#: Outlines with more vertices are not checked for self-intersections (too slow for
+#: GEOS on hostile outlines): they are read as even-odd masks, ImageJ's own filling.
+_MAX_CHECKED_VERTICES = 8192
+#: Pairs of sub-paths with more vertices together are assumed to overlap (the exact
+#: test is quadratic); the even-odd mask then gives the same pixels.
+_MAX_PAIR_VERTICES = 2048
+#: Largest number of (row, edge) crossings of one even-odd rasterisation.
+_MAX_CROSSINGS = 2**22
+#: Largest number of vertices of an oval's outline.
+_MAX_OVAL_POINTS = 4096
 
 _ROI_MAGIC = b"Iout"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
@@ -160,7 +200,7 @@ class _RoifileLog(logging.Handler):
 
 
 def _decode(data: bytes, where: str, path: Path) -> ImagejRoi:
-    """Decode one ImageJ ROI with roifile; any failure -> ValueError naming it."""
+    """Decode one ImageJ ROI with roifile; any failure -> FileFormatError naming it."""
     import roifile
 
     log = roifile.logger()
@@ -168,6 +208,13 @@ def _decode(data: bytes, where: str, path: Path) -> ImagejRoi:
     log.addHandler(handler)
     try:
         roi = roifile.ImagejRoi.frombytes(data)
+        count = int(roi.n_coordinates)
+        if count > MAX_VERTICES or int(roi.shape_roi_size) > _MAX_PATH_FLOATS:
+            raise ResourceLimitError(
+                f"{path}: {where} has {count} vertices and a path of "
+                f"{roi.shape_roi_size} numbers; at most {MAX_VERTICES} vertices and "
+                f"{_MAX_PATH_FLOATS} path numbers are accepted for one ImageJ ROI"
+            )
         if roi.composite and roi.roitype == roifile.ROI_TYPE.RECT:
             # a broken path raises here; curves are reported when converting
             with contextlib.suppress(NotImplementedError):
@@ -175,36 +222,85 @@ def _decode(data: bytes, where: str, path: Path) -> ImagejRoi:
         header2 = int.from_bytes(data[60:64], "big", signed=True)
         if header2 > 0 and len(data) < header2 + 64:  # name/positions block cut off
             raise ValueError(f"the data end at byte {len(data)}, inside header 2 at {header2}")
+    except ResourceLimitError:
+        raise
     except Exception as exc:  # struct.error, TypeError (short buffer), ValueError...
-        raise ValueError(
+        raise FileFormatError(
             f"{path}: {where} is a truncated or corrupt ImageJ ROI ({type(exc).__name__}: {exc})"
         ) from exc
     finally:
         log.removeHandler(handler)
     damaged = [m for m in handler.messages if "exceeds data size" in m or "invalid" in m]
     if damaged:
-        raise ValueError(f"{path}: {where} is a truncated or corrupt ImageJ ROI ({damaged[0]})")
+        raise FileFormatError(
+            f"{path}: {where} is a truncated or corrupt ImageJ ROI ({damaged[0]})"
+        )
     return roi
 
 
+def _zip_directory(path: Path) -> tuple[int, int] | None:
+    """``(entries, directory bytes)`` claimed by a zip's end record, read before parsing.
+
+    Lets :func:`_read_zip` refuse an archive announcing millions of members before
+    :mod:`zipfile` builds an object for each.  None when no end record is found
+    (zipfile then reports the broken archive).
+    """
+    size = path.stat().st_size
+    tail_len = min(size, 22 + 65535)
+    with open(path, "rb") as fh:
+        fh.seek(size - tail_len)
+        tail = fh.read(tail_len)
+        pos = tail.rfind(b"PK\x05\x06")
+        if pos < 0 or pos + 22 > len(tail):
+            return None
+        entries, dir_bytes = struct.unpack("<xxxxxxxxxxHI", tail[pos : pos + 16])
+        locator = pos - 20
+        if locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":  # zip64
+            (record,) = struct.unpack("<Q", tail[locator + 8 : locator + 16])
+            if 0 <= record <= size - 56:
+                fh.seek(record)
+                raw = fh.read(56)
+                if raw[:4] == b"PK\x06\x06":
+                    entries64, dir64 = struct.unpack("<QQ", raw[32:48])
+                    entries, dir_bytes = max(entries, entries64), max(dir_bytes, dir64)
+    return entries, dir_bytes
+
+
+def _too_many_members(path: Path, count: int) -> ResourceLimitError:
+    return ResourceLimitError(
+        f"{path}: the archive has {count} members, more than the {MAX_MEMBERS} accepted "
+        f"for a RoiSet; refusing to read it"
+    )
+
+
 def _read_zip(path: Path) -> list[_Source]:
+    claimed = _zip_directory(path)
+    if claimed is not None:
+        if claimed[0] > MAX_MEMBERS:
+            raise _too_many_members(path, claimed[0])
+        if claimed[1] > MAX_DIRECTORY_BYTES:
+            raise ResourceLimitError(
+                f"{path}: the archive's directory claims {claimed[1]} bytes, more than the "
+                f"{MAX_DIRECTORY_BYTES} accepted for a RoiSet; refusing to read it"
+            )
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable RoiSet zip ({exc})") from exc
+        raise FileFormatError(f"{path}: not a readable RoiSet zip ({exc})") from exc
+    except Exception as exc:  # struct.error, EOFError... from a damaged directory
+        raise FileFormatError(
+            f"{path}: not a readable RoiSet zip ({type(exc).__name__}: {exc})"
+        ) from exc
     with zf:
         infos = zf.infolist()
         if len(infos) > MAX_MEMBERS:
-            raise ValueError(
-                f"{path}: the archive has {len(infos)} members, more than the "
-                f"{MAX_MEMBERS} accepted for a RoiSet; refusing to read it"
-            )
-        files = [i for i in infos if not i.is_dir()]
+            raise _too_many_members(path, len(infos))
+        files = [i for i in infos if not i.filename.endswith("/")]  # is_dir() fails on ''
         if not files:
-            raise ValueError(f"{path}: the RoiSet zip is empty (no ROI files in it)")
+            raise FileFormatError(f"{path}: the RoiSet zip is empty (no ROI files in it)")
         total = sum(i.file_size for i in files)
         if total > MAX_TOTAL_BYTES:
-            raise ValueError(
+            raise ResourceLimitError(
                 f"{path}: the archive would unpack to {total} bytes (limit "
                 f"{MAX_TOTAL_BYTES}); refusing to read it"
             )
@@ -213,20 +309,24 @@ def _read_zip(path: Path) -> list[_Source]:
         for info in files:
             member = info.filename
             if info.file_size > MAX_MEMBER_BYTES:
-                raise ValueError(
+                raise ResourceLimitError(
                     f"{path}: member {member!r} unpacks to {info.file_size} bytes, more "
                     f"than the {MAX_MEMBER_BYTES} accepted for an ImageJ ROI; refusing "
                     f"to read it"
                 )
             try:
+                # zipfile stops inflating at the declared size; read the magic first so
+                # members that are not ROIs are never inflated further
                 with zf.open(info) as fh:
-                    data = fh.read(MAX_MEMBER_BYTES + 1)
+                    data = fh.read(4)
+                    if data == _ROI_MAGIC:
+                        data += fh.read(MAX_MEMBER_BYTES + 1)
             except Exception as exc:  # BadZipFile (CRC), zlib.error, encryption, EOF
-                raise ValueError(
+                raise FileFormatError(
                     f"{path}: cannot unpack member {member!r} ({type(exc).__name__}: {exc})"
                 ) from exc
             if len(data) > MAX_MEMBER_BYTES:
-                raise ValueError(
+                raise ResourceLimitError(
                     f"{path}: member {member!r} is larger than {MAX_MEMBER_BYTES} bytes; "
                     f"refusing to read it"
                 )
@@ -236,7 +336,7 @@ def _read_zip(path: Path) -> list[_Source]:
             where = f"member {member!r}"
             sources.append(_Source(_decode(data, where, path), where, _strip_roi_suffix(member)))
     if not sources:
-        raise ValueError(
+        raise FileFormatError(
             f"{path}: no ImageJ ROIs in this zip (members {not_rois} are not ImageJ ROIs)"
         )
     if not_rois:
@@ -256,25 +356,33 @@ def _read_tiff(path: Path) -> list[_Source]:
         with tifffile.TiffFile(path) as tif:
             meta = tif.imagej_metadata
     except Exception as exc:
-        raise ValueError(f"{path}: cannot read this TIFF file ({exc})") from exc
-    if meta is None:
-        raise ValueError(f"{path}: not an ImageJ TIFF (no ImageJ metadata, so no overlay ROIs)")
+        raise FileFormatError(f"{path}: cannot read this TIFF file ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise FileFormatError(
+            f"{path}: not an ImageJ TIFF (no ImageJ metadata, so no overlay ROIs)"
+        )
     blobs: list[tuple[str, bytes]] = []
     for key in ("Overlays", "ROI"):
         value = meta.get(key)
         if value is None:
             continue
         items = value if isinstance(value, (list, tuple)) else [value]
+        if len(blobs) + len(items) > MAX_MEMBERS:
+            raise ResourceLimitError(
+                f"{path}: {len(blobs) + len(items)} overlay ROIs, more than {MAX_MEMBERS}"
+            )
         for k, item in enumerate(items):
             blobs.append((f"{'overlay' if key == 'Overlays' else 'selection'} {k}", item))
     if not blobs:
-        raise ValueError(f"{path}: this ImageJ TIFF holds no ROIs (no overlay, no selection)")
-    if len(blobs) > MAX_MEMBERS:
-        raise ValueError(f"{path}: {len(blobs)} overlay ROIs, more than {MAX_MEMBERS}")
+        raise FileFormatError(f"{path}: this ImageJ TIFF holds no ROIs (no overlay, no selection)")
     sources = []
     for where, blob in blobs:
         if not isinstance(blob, (bytes, bytearray)) or bytes(blob[:4]) != _ROI_MAGIC:
-            raise ValueError(f"{path}: {where} is not an ImageJ ROI")
+            raise FileFormatError(f"{path}: {where} is not an ImageJ ROI")
+        if len(blob) > MAX_MEMBER_BYTES:
+            raise ResourceLimitError(
+                f"{path}: {where} is larger than {MAX_MEMBER_BYTES} bytes; refusing to read it"
+            )
         sources.append(_Source(_decode(bytes(blob), where, path), where, None))
     return sources
 
@@ -283,13 +391,15 @@ def _read_sources(path: Path) -> list[_Source]:
     if not path.exists():
         raise FileNotFoundError(f"ImageJ ROI file not found: {path}")
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; expected a .roi file, a RoiSet .zip or a TIFF")
+        raise FileFormatError(
+            f"{path} is a folder; expected a .roi file, a RoiSet .zip or a TIFF"
+        )
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head == _ROI_MAGIC:
         size = path.stat().st_size
         if size > MAX_MEMBER_BYTES:
-            raise ValueError(f"{path}: {size} bytes is too large for an ImageJ ROI")
+            raise ResourceLimitError(f"{path}: {size} bytes is too large for an ImageJ ROI")
         data = path.read_bytes()
         where = f"file {path.name!r}"
         return [_Source(_decode(data, where, path), where, _strip_roi_suffix(path.name))]
@@ -297,7 +407,7 @@ def _read_sources(path: Path) -> list[_Source]:
         return _read_zip(path)
     if head in _TIFF_MAGIC:
         return _read_tiff(path)
-    raise ValueError(
+    raise FileFormatError(
         f"{path}: not an ImageJ ROI file (expected a .roi file starting with 'Iout', a "
         f"RoiSet .zip or an ImageJ TIFF with overlays; the file starts with {head!r})"
     )
@@ -350,7 +460,8 @@ class _Report:
 
 def _props(roi: ImagejRoi) -> dict[str, str]:
     out = {}
-    for line in (roi.props or "").splitlines():
+    text = roi.props if isinstance(roi.props, str) else ""
+    for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep:
             out[key.strip()] = value.strip()
@@ -358,8 +469,8 @@ def _props(roi: ImagejRoi) -> dict[str, str]:
 
 
 def _oval_points(width: float, height: float) -> int:
-    """Roifile's 33 points, or about one vertex per pixel of circumference."""
-    return max(33, int(math.ceil(math.pi * max(width, height))) + 1)
+    """Roifile's 33 points, or about one vertex per pixel of circumference (capped)."""
+    return min(_MAX_OVAL_POINTS, max(33, int(math.ceil(math.pi * max(width, height))) + 1))
 
 
 def _geometry(roi: ImagejRoi) -> tuple[list[np.ndarray], str | None, str | None]:
@@ -385,25 +496,22 @@ def _geometry(roi: ImagejRoi) -> tuple[list[np.ndarray], str | None, str | None]
         rings = [roi.coordinates()]
         if roi.options & roifile.ROI_OPTIONS.SPLINE_FIT:
             approx = "spline fit ignored: read as its control polygon"
-    elif roi.roitype == T.RECT:
+    elif roi.roitype in (T.RECT, T.OVAL):
         if roi.subpixelrect:
             x0, y0 = float(roi.xd), float(roi.yd)
             x1, y1 = x0 + float(roi.widthd), y0 + float(roi.heightd)
         else:
-            x0, y0, x1, y1 = roi.left, roi.top, roi.right, roi.bottom
-        rings = [np.array([[x0, y0], [x0, y1], [x1, y1], [x1, y0]], dtype=float)]
-        if roi.rounded_rect_arc_size > 0:
-            approx = "rounded corners ignored: read as a rectangle"
-    elif roi.roitype == T.OVAL:
-        if roi.subpixelrect:
-            x0, y0 = float(roi.xd), float(roi.yd)
-            x1, y1 = x0 + float(roi.widthd), y0 + float(roi.heightd)
+            x0, y0, x1, y1 = (float(v) for v in (roi.left, roi.top, roi.right, roi.bottom))
+        corners = np.array([[x0, y0], [x0, y1], [x1, y1], [x1, y0]], dtype=float)
+        if roi.roitype == T.RECT or not np.all(np.isfinite(corners)):
+            rings = [corners]  # non-finite bounds are reported by the caller
+            if roi.rounded_rect_arc_size > 0:
+                approx = "rounded corners ignored: read as a rectangle"
         else:
-            x0, y0, x1, y1 = roi.left, roi.top, roi.right, roi.bottom
-        n = _oval_points(x1 - x0, y1 - y0)
-        from roifile.roifile import oval  # roifile's polygonisation (not in __all__)
+            from roifile.roifile import oval  # roifile's polygonisation (not in __all__)
 
-        rings = [oval([[x0, y0], [x1, y1]], points=n)[:-1]]  # last = first (2 pi)
+            n = _oval_points(abs(x1 - x0), abs(y1 - y0))
+            rings = [oval([[x0, y0], [x1, y1]], points=n)[:-1]]  # last = first (2 pi)
     else:
         return [], kind if roi.roitype != T.UNKNOWN else "unknown type", None
     out = []
@@ -415,37 +523,178 @@ def _geometry(roi: ImagejRoi) -> tuple[list[np.ndarray], str | None, str | None]
     return out, None, approx
 
 
-def _valid_polygon(ring: np.ndarray):
+def _is_simple(ring: np.ndarray) -> bool:
+    """Whether a ring (>= 3 vertices) is a valid polygon outline (no self-crossing).
+
+    Outlines longer than :data:`_MAX_CHECKED_VERTICES` are not checked (GEOS needs
+    seconds on long self-crossing outlines) and count as not simple.
+    """
     import shapely
 
-    poly = shapely.Polygon(ring)
-    return poly if poly.is_valid else shapely.make_valid(poly)
-
-
-def _has_area(ring: np.ndarray) -> bool:
-    return len(np.unique(ring, axis=0)) >= 3 and _valid_polygon(ring).area > 0
-
-
-def _overlapping(rings: list[np.ndarray]) -> bool:
-    """Tell whether two rings share area (nested holes or overlapping parts)."""
-    import shapely
-
-    if len(rings) < 2:
+    if len(ring) > _MAX_CHECKED_VERTICES:
         return False
-    polys = [_valid_polygon(r) for r in rings]
-    tree = shapely.STRtree(polys)
-    left, right = tree.query(polys, predicate="intersects")
-    return any(
-        i < j and shapely.intersection(polys[i], polys[j]).area > 0
-        for i, j in zip(left.tolist(), right.tolist(), strict=True)
-    )
+    return bool(shapely.is_valid(shapely.Polygon(ring)))
+
+
+def _has_area(ring: np.ndarray, simple: bool) -> bool:
+    """Whether a ring encloses some area (self-crossing rings: not all collinear)."""
+    if len(ring) < 3:
+        return False
+    if simple:
+        import shapely
+
+        return shapely.Polygon(ring).area > 0
+    d = ring - ring[0]
+    far = d[int(np.argmax(np.abs(d).sum(axis=1)))]
+    return bool(np.any(far[0] * d[:, 1] - far[1] * d[:, 0] != 0))
+
+
+def _bounds(rings: list[np.ndarray]) -> np.ndarray:
+    """Per-ring ``(xmin, ymin, xmax, ymax)``."""
+    return np.array([[*r.min(axis=0), *r.max(axis=0)] for r in rings], dtype=float)
 
 
 def _outside(rings: list[np.ndarray], rows: int, cols: int) -> bool:
+    """Whether simple rings share no area with the ``rows x cols`` image."""
     import shapely
 
     frame = shapely.box(0, 0, cols, rows)
-    return all(shapely.intersection(_valid_polygon(r), frame).area == 0 for r in rings)
+    for ring, (x0, y0, x1, y1) in zip(rings, _bounds(rings), strict=True):
+        if x1 <= 0 or y1 <= 0 or x0 >= cols or y0 >= rows:
+            continue
+        if shapely.intersection(shapely.Polygon(ring), frame).area > 0:
+            return False
+    return True
+
+
+class _Budget:
+    """Work allowed for the even-odd rasterisations of one file (scanline crossings)."""
+
+    def __init__(self, path: Path, crossings: int = _MAX_CROSSINGS) -> None:
+        self.path = path
+        self.left = crossings
+
+    def spend(self, n: int, what: str) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ResourceLimitError(
+                f"{self.path}: {what} is too complex to rasterise (more than "
+                f"{_MAX_CROSSINGS} edge/row crossings in this file); refusing to read it"
+            )
+
+
+def _ring_spans(
+    ring: np.ndarray, rows: int, cols: int, budget: _Budget, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs ``(row, start, stop)`` of pixels whose centres are strictly inside ``ring``.
+
+    Even-odd rule (ImageJ's filling, also for self-crossing outlines), pixel-corner
+    convention: pixel ``(r, c)`` is inside when its centre ``(c + 0.5, r + 0.5)`` is
+    inside and not on the outline.  Cost: one crossing per (edge, row) pair.
+    """
+    x0, y0 = ring[:, 0], ring[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
+    # an edge crosses the centres of rows r with lo <= r + 0.5 < hi (half-open)
+    first = np.clip(np.ceil(lo - 0.5), 0, rows).astype(np.int64)
+    last = np.clip(np.ceil(hi - 0.5), 0, rows).astype(np.int64)
+    counts = np.maximum(last - first, 0)
+    total = int(counts.sum())
+    budget.spend(total, what)
+    edge = np.repeat(np.arange(len(ring)), counts)
+    row = first[edge] + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
+    ex0, ey0, ex1, ey1 = x0[edge], y0[edge], x1[edge], y1[edge]
+    yc = row + 0.5  # exact for float32 vertices: a centre on an edge gives xc == c + 0.5
+    xc = (ex0 * (ey1 - yc) + ex1 * (yc - ey0)) / (ey1 - ey0)
+    order = np.lexsort((xc, row))
+    row, xc = row[order], xc[order]
+    a, b, rr = xc[0::2], xc[1::2], row[0::2]  # an even number of crossings per row
+    start = np.clip(np.floor(a - 0.5) + 1, 0, cols).astype(np.int64)
+    stop = np.clip(np.ceil(b - 0.5), 0, cols).astype(np.int64)
+    keep = stop > start
+    return rr[keep], start[keep], stop[keep]
+
+
+def _centres_on_outline(ring: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Flat indices of pixels whose centres lie on the outline where the scanline
+    crossings miss them: on a horizontal edge, or on a vertex."""
+    x0, y0 = ring[:, 0], ring[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    r = y0 - 0.5
+    hit = (y0 == y1) & (r == np.floor(r)) & (r >= 0) & (r < rows)
+    lo = np.clip(np.ceil(np.minimum(x0, x1)[hit] - 0.5), 0, cols).astype(np.int64)
+    hi = np.clip(np.floor(np.maximum(x0, x1)[hit] - 0.5) + 1, 0, cols).astype(np.int64)
+    edges = _expand_runs(r[hit].astype(np.int64), lo, hi, cols)
+    c = x0 - 0.5
+    at = (r == np.floor(r)) & (c == np.floor(c)) & (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+    return np.concatenate([edges, (r[at] * cols + c[at]).astype(np.int64)])
+
+
+def _expand_runs(row: np.ndarray, start: np.ndarray, stop: np.ndarray, cols: int) -> np.ndarray:
+    """Flat pixel indices ``row * cols + c`` for ``start <= c < stop``."""
+    length = np.maximum(stop - start, 0)
+    total = int(length.sum())
+    base = np.repeat(row * cols + start - (np.cumsum(length) - length), length)
+    return base + np.arange(total, dtype=np.int64)
+
+
+def _coverage(
+    runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], keep: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Combine runs by how many of them cover each pixel.
+
+    Returns the runs ``(row, start, stop)`` of pixels whose cover count ``n``
+    satisfies ``keep(n)``, and the largest count.
+    """
+    if not runs:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, empty, 0
+    row = np.concatenate([np.concatenate([r[0], r[0]]) for r in runs])
+    pos = np.concatenate([np.concatenate([r[1], r[2]]) for r in runs])
+    step = np.concatenate([np.repeat([1, -1], len(r[0])) for r in runs])
+    order = np.lexsort((step, pos, row))  # ends before starts at the same column
+    row, pos, step = row[order], pos[order], step[order]
+    count = np.cumsum(step)  # each row's runs open and close: the count is per row
+    seg = (row[:-1] == row[1:]) & (pos[1:] > pos[:-1])
+    deepest = int(count[:-1][seg].max()) if seg.any() else 0
+    sel = seg & keep(count[:-1])
+    return row[:-1][sel], pos[:-1][sel], pos[1:][sel], deepest
+
+
+def _piece_runs(
+    piece: _Piece, rows: int, cols: int, budget: _Budget
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The piece's pixels as runs, plus flat indices of on-outline pixels to drop."""
+    what = piece.source.describe()
+    runs = [_ring_spans(r, rows, cols, budget, what) for r in piece.rings]
+    rule = (lambda n: n % 2 == 1) if piece.evenodd else (lambda n: n >= 1)
+    row, start, stop, _ = _coverage(runs, rule)
+    edges = [_centres_on_outline(r, rows, cols) for r in piece.rings]
+    return row, start, stop, np.concatenate(edges) if edges else np.empty(0, dtype=np.int64)
+
+
+def _overlapping(
+    rings: list[np.ndarray],
+    shape: tuple[int, int, int] | None,
+    budget: _Budget,
+    path: Path,
+    src: _Source,
+) -> bool:
+    """Whether some pixel centre lies inside two of the (simple) rings.
+
+    Decides whether a composite ROI can be kept as polygons (whose pixels are OR-ed)
+    or needs an even-odd mask: both give the same pixels when no centre is shared.
+    """
+    if len(rings) < 2:
+        return False
+    bounds = _bounds(rings)
+    order = np.argsort(bounds[:, 0], kind="stable")
+    reach = np.maximum.accumulate(bounds[order, 2])
+    if np.all(bounds[order[1:], 0] >= reach[:-1]):  # x-ranges do not overlap
+        return False
+    rows, cols = shape[1:] if shape is not None else _extent_grid(rings, path, src)
+    runs = [_ring_spans(r, rows, cols, budget, src.describe()) for r in rings]
+    return _coverage(runs, lambda n: n < 0)[3] >= 2
 
 
 def _plane(roi: ImagejRoi) -> int:
@@ -457,7 +706,11 @@ def _plane(roi: ImagejRoi) -> int:
 
 
 def _to_piece(
-    src: _Source, shape: tuple[int, int, int] | None, path: Path, report: _Report
+    src: _Source,
+    shape: tuple[int, int, int] | None,
+    path: Path,
+    report: _Report,
+    budget: _Budget,
 ) -> _Piece | None:
     roi = src.roi
     rings, why_not, approx = _geometry(roi)
@@ -466,17 +719,27 @@ def _to_piece(
         return None
     for ring in rings:
         if not np.all(np.isfinite(ring)):
-            raise ValueError(f"{path}: {src.where} is corrupt (non-finite coordinates)")
-    rings = [r for r in rings if _has_area(r)]
-    if not rings:
+            raise FileFormatError(f"{path}: {src.where} is corrupt (non-finite coordinates)")
+    if sum(len(r) for r in rings) > MAX_VERTICES:
+        raise ResourceLimitError(
+            f"{path}: {src.where} has more than {MAX_VERTICES} vertices; refusing to read it"
+        )
+    kept = []
+    for ring in rings:
+        simple = len(ring) >= 3 and _is_simple(ring)
+        if _has_area(ring, simple):
+            kept.append((ring, simple))
+    if not kept:
         report.skipped.append(f"{src.describe()}: fewer than 3 distinct vertices (no area)")
         return None
+    rings = [r for r, _ in kept]
+    simple = all(s for _, s in kept)
     if approx is not None:
         report.approximated.append(f"{src.describe()}: {approx}")
     z = _plane(roi)
     if shape is not None:
         planes, rows, cols = shape
-        if _outside(rings, rows, cols):
+        if simple and _outside(rings, rows, cols):
             report.skipped.append(f"{src.describe()}: entirely outside the {rows} x {cols} image")
             return None
         if z >= planes:
@@ -485,9 +748,15 @@ def _to_piece(
                 f"{roi.z_position or roi.position}) but the image has {planes} plane(s)"
             )
             z = 0
-    evenodd = bool(roi.composite) and _overlapping(rings)
-    if evenodd:
-        report.as_mask.append(src.describe())
+    if not simple:
+        evenodd = True
+        report.as_mask.append(f"{src.describe()} (its outline crosses itself)")
+    elif roi.composite and len(rings) > 1:
+        evenodd = _overlapping(rings, shape, budget, path, src)
+        if evenodd:
+            report.as_mask.append(src.describe())
+    else:
+        evenodd = False
     return _Piece(src, src.label, z, rings, evenodd, _props(roi))
 
 
@@ -495,7 +764,7 @@ def _to_piece(
 # Pieces -> ROI
 # ---------------------------------------------------------------------------------------
 def _part_key(piece: _Piece) -> tuple[int, int] | None:
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", piece.props.get(_PROP_PART, ""))
+    m = re.fullmatch(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*", piece.props.get(_PROP_PART, ""))
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
@@ -517,26 +786,52 @@ def _group(pieces: list[_Piece]) -> list[list[_Piece]]:
     return groups
 
 
-def _extent(pieces: list[_Piece]) -> tuple[int, int, int]:
-    xy = np.concatenate([r for p in pieces for r in p.rings])
-    cols = max(1, int(math.ceil(float(xy[:, 0].max()))))
-    rows = max(1, int(math.ceil(float(xy[:, 1].max()))))
-    return max(p.z for p in pieces) + 1, rows, cols
+def _extent_grid(rings: list[np.ndarray], path: Path, src: _Source) -> tuple[int, int]:
+    """``(rows, columns)`` reaching the rings' far corner (no ``im_shape`` given)."""
+    xy = np.concatenate(rings)
+    cols = max(1, math.ceil(min(float(xy[:, 0].max()), 2.0**62)))
+    rows = max(1, math.ceil(min(float(xy[:, 1].max()), 2.0**62)))
+    if rows * cols > MAX_MASK_PIXELS:
+        raise ResourceLimitError(
+            f"{path}: {src.describe()} spans {rows} x {cols} pixels, more than the "
+            f"{MAX_MASK_PIXELS} accepted for a mask; give im_shape to read it"
+        )
+    return rows, cols
 
 
-def _mask_planes(pieces: list[_Piece], shape: tuple[int, int, int]) -> list[sparse.csr_matrix]:
+def _extent(group: list[_Piece], path: Path) -> tuple[int, int, int]:
+    xy = np.concatenate([r for p in group for r in p.rings])
+    cols = max(1, math.ceil(min(float(xy[:, 0].max()), 2.0**62)))
+    rows = max(1, math.ceil(min(float(xy[:, 1].max()), 2.0**62)))
+    planes = max(p.z for p in group) + 1
+    if rows * cols > MAX_MASK_PIXELS or planes > MAX_MASK_PLANES:
+        raise ResourceLimitError(
+            f"{path}: {group[0].source.describe()} would need a mask of {planes} x {rows} "
+            f"x {cols} pixels (limit {MAX_MASK_PLANES} planes of {MAX_MASK_PIXELS} "
+            f"pixels); give im_shape to read it"
+        )
+    return planes, rows, cols
+
+
+def _mask_planes(
+    pieces: list[_Piece], shape: tuple[int, int, int], budget: _Budget
+) -> list[sparse.csr_matrix]:
     planes, rows, cols = shape
-    per_plane: list[list[np.ndarray]] = [[] for _ in range(planes)]
+    per_plane: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    on_edges: dict[int, list[np.ndarray]] = {}
     for piece in pieces:
-        flat = [rr * cols + cc for rr, cc in (polygon_pixels(r, (rows, cols)) for r in piece.rings)]
-        if piece.evenodd:  # pixels inside an odd number of sub-paths
-            values, counts = np.unique(np.concatenate(flat), return_counts=True)
-            per_plane[piece.z].append(values[counts % 2 == 1])
-        else:  # pixels inside any polygon
-            per_plane[piece.z].append(np.unique(np.concatenate(flat)))
+        row, start, stop, edges = _piece_runs(piece, rows, cols, budget)
+        per_plane.setdefault(piece.z, []).append((row, start, stop))
+        on_edges.setdefault(piece.z, []).append(edges)
     out = []
-    for hits in per_plane:
-        idx = np.unique(np.concatenate(hits)) if hits else np.empty(0, dtype=np.intp)
+    for z in range(planes):
+        idx = np.empty(0, dtype=np.int64)
+        if z in per_plane:
+            row, start, stop, _ = _coverage(per_plane[z], lambda n: n >= 1)
+            idx = _expand_runs(row, start, stop, cols)
+            edges = np.concatenate(on_edges[z])
+            if edges.size:
+                idx = np.setdiff1d(idx, edges, assume_unique=False)
         out.append(
             sparse.csr_matrix(
                 (np.ones(idx.size, dtype=bool), (idx // cols, idx % cols)),
@@ -547,31 +842,48 @@ def _mask_planes(pieces: list[_Piece], shape: tuple[int, int, int]) -> list[spar
     return out
 
 
+_NOT_JSON = object()
+
+
+def _json(text: str) -> Any:
+    """``json.loads``, or :data:`_NOT_JSON` for broken or absurdly nested text."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
 def _properties(piece: _Piece) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if _PROP_ID in piece.props:
-        try:
-            value = json.loads(piece.props[_PROP_ID])
-        except ValueError:
+        value = _json(piece.props[_PROP_ID])
+        if value is _NOT_JSON or isinstance(value, (list, dict)):
             value = piece.props[_PROP_ID]
         out["id"] = None if value is None else str(value)
     if _PROP_TAGS in piece.props:
-        try:
-            tags = json.loads(piece.props[_PROP_TAGS])
-        except ValueError:
-            tags = None
+        tags = _json(piece.props[_PROP_TAGS])
         if isinstance(tags, list):
-            out["tags"] = {str(t) for t in tags}
+            out["tags"] = {str(t) for t in tags if isinstance(t, (str, int, float, bool))}
     return out
 
 
-def _build(group: list[_Piece], shape: tuple[int, int, int] | None) -> ROI:
+def _build(
+    group: list[_Piece],
+    shape: tuple[int, int, int] | None,
+    path: Path,
+    report: _Report,
+    budget: _Budget,
+) -> ROI | None:
     first = group[0]
     kwargs: dict[str, Any] = {"label": first.label, "im_shape": shape, **_properties(first)}
     if not any(p.evenodd for p in group):
         polys = [np.column_stack([r, np.full(len(r), float(p.z))]) for p in group for r in p.rings]
         return ROI(polygons=polys, **kwargs)
-    return ROI(mask=_mask_planes(group, shape or _extent(group)), **kwargs)
+    mask = _mask_planes(group, shape or _extent(group, path), budget)
+    if not any(m.nnz for m in mask):
+        report.skipped.append(f"{first.source.describe()}: no pixel inside its outline")
+        return None
+    return ROI(mask=mask, **kwargs)
 
 
 def _normalize_shape(im_shape: Any) -> tuple[int, int, int] | None:
@@ -618,10 +930,15 @@ def read_imagej_rois(
     ------
     FileNotFoundError
         If ``path`` does not exist.
+    FileFormatError
+        (a ``ValueError``) If the file is not an ImageJ ROI, RoiSet zip or ImageJ TIFF
+        with ROIs, if the RoiSet is empty or holds no ROI, or if an ROI in it is
+        truncated or corrupt (the message names the file and member).
+    ResourceLimitError
+        (a ``FileFormatError``) If the file exceeds a size limit (see the module
+        docstring); nothing large was allocated.
     ValueError
-        If the file is not an ImageJ ROI, RoiSet zip or ImageJ TIFF with ROIs, if the
-        RoiSet is empty or holds no ROI, if an ROI in it is truncated or corrupt (the
-        message names the file and member), or if the archive exceeds the size limits.
+        If ``im_shape`` is not a valid shape.
 
     Warns
     -----
@@ -644,9 +961,17 @@ def read_imagej_rois(
     shape = _normalize_shape(im_shape)
     sources = _read_sources(path)
     report = _Report(path)
-    pieces = [p for src in sources if (p := _to_piece(src, shape, path, report)) is not None]
+    budget = _Budget(path)
+    pieces = [
+        p for src in sources if (p := _to_piece(src, shape, path, report, budget)) is not None
+    ]
+    rois = [
+        roi
+        for group in _group(pieces)
+        if (roi := _build(group, shape, path, report, budget)) is not None
+    ]
     report.emit()
-    return [_build(group, shape) for group in _group(pieces)]
+    return rois
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,7 +5,12 @@ file names, so this module never uses :func:`pickle.load` with the default class
 lookup: :class:`RestrictedUnpickler` resolves only an allow-list of globals (those
 that SIMA's files legitimately contain) and maps them onto small data-only stand-ins
 of ours.  Anything else is refused with :class:`UnsafePickleError` *before* it can
-run.
+run.  Resources are bounded too: the opcode stream is checked before unpickling
+(persistent ids, extension codes, memo bombs, length prefixes beyond the data), the
+object graph after it (cycles, nesting deeper than :data:`MAX_PICKLE_DEPTH`,
+"billion laughs" of shared containers), and only regular files are read.  Every
+failure is a :class:`ValueError` naming the file (tested with a corpus of hostile
+pickles, ``tests/core/test_hostile_pickles.py``).
 
 Two layouts are understood:
 
@@ -32,6 +37,7 @@ import io
 import os
 import pickle
 import pickletools
+import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -40,10 +46,12 @@ from typing import Any
 import numpy as np
 
 from .dataset import ImagingDataset
-from .sequence import Sequence
+from .errors import FileFormatError, ResourceLimitError
+from .sequence import Sequence, check_frame_size
 
 __all__ = [
     "MAX_PICKLE_BYTES",
+    "MAX_PICKLE_DEPTH",
     "LegacyClass",
     "LegacyLilMatrix",
     "RestrictedUnpickler",
@@ -65,11 +73,43 @@ _MAX_RECONSTRUCT_BYTES = 1 << 16
 #: Largest ``range`` of frames / planes / channels accepted in a stored mask.
 _MAX_MASK_ITEMS = 10_000_000
 
+#: Deepest nesting of containers accepted in a legacy pickle.
+MAX_PICKLE_DEPTH = 200
+
+#: A pickle may reuse shared containers (through its memo), but visiting every
+#: container as often as it is referenced must stay within this many steps, plus
+#: :data:`_SHARING_FACTOR` times the number of distinct objects (no "billion laughs").
+_MAX_EXPANDED = 1_000_000
+_SHARING_FACTOR = 16
+
+
+def _brief(value: Any) -> str:
+    """Return a short repr for messages, bounded in time and length for any value."""
+    try:
+        return _BRIEF.repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print
+        return f"<{type(value).__name__} object>"
+
+
+def _make_brief() -> Any:
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel = 2
+    r.maxtuple = r.maxlist = r.maxarray = r.maxdict = r.maxset = r.maxfrozenset = 4
+    r.maxdeque = 4
+    r.maxstring = r.maxother = 60
+    r.maxlong = 40
+    return r
+
+
+_BRIEF = _make_brief()
+
 
 # ---------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------
-class UnsafePickleError(ValueError):
+class UnsafePickleError(FileFormatError):
     """A legacy pickle asks for something outside the allow-list; nothing was run.
 
     Parameters
@@ -130,7 +170,7 @@ class _Frozen(metaclass=_FrozenMeta):
         raise _Refused(f"a pickle may not change {self!r} (attribute {name!r})")
 
     def __setstate__(self, state: Any = None) -> None:
-        raise _Refused(f"a pickle may not set the state of {self!r:.80}")
+        raise _Refused(f"a pickle may not set the state of {_brief(self)}")
 
     def __reduce__(self) -> Any:
         raise TypeError(f"{type(self).__name__} objects are not picklable")
@@ -239,7 +279,7 @@ class LegacyLilMatrix(_Frozen):
         try:
             r, c = (int(v) for v in shape)  # type: ignore[union-attr]
         except (TypeError, ValueError):
-            raise ValueError(f"a legacy lil_matrix has an invalid shape {shape!r}") from None
+            raise ValueError(f"a legacy lil_matrix has an invalid shape {_brief(shape)}") from None
         if r < 0 or c < 0:
             raise ValueError(f"a legacy lil_matrix has an invalid shape {(r, c)}")
         return r, c
@@ -251,7 +291,7 @@ class LegacyLilMatrix(_Frozen):
         try:
             return np.dtype(dt)
         except TypeError:
-            raise ValueError(f"a legacy lil_matrix has an invalid dtype {dt!r}") from None
+            raise ValueError(f"a legacy lil_matrix has an invalid dtype {_brief(dt)}") from None
 
     def _triplets(self) -> tuple[np.ndarray, np.ndarray, list[Any]]:
         st = self._state or {}
@@ -388,7 +428,7 @@ def _plain_dtype(value: Any) -> np.dtype:
     elif isinstance(value, np.dtype):
         dt = value
     else:
-        raise _Refused(f"not a dtype: {value!r:.80}")
+        raise _Refused(f"not a dtype: {_brief(value)}")
     if dt.kind not in _DTYPE_KINDS or dt.names is not None or dt.subdtype is not None:
         raise _Refused(f"the dtype {dt} is not allowed in a legacy pickle")
     if dt.itemsize > _MAX_ITEMSIZE:
@@ -411,16 +451,16 @@ class _PendingDtype(_Frozen):
         if not isinstance(self, _PendingDtype) or self._done:
             raise _Refused("a pickle may not change a dtype twice")
         if not isinstance(state, tuple) or len(state) not in (8, 9) or state[0] not in (3, 4):
-            raise pickle.UnpicklingError(f"unsupported dtype state {state!r:.120}")
+            raise pickle.UnpicklingError(f"unsupported dtype state {_brief(state)}")
         _, byteorder, subarray, names, fields, elsize = state[:6]
         if subarray is not None or names is not None or fields is not None:
             raise _Refused("structured or sub-array dtypes are not allowed in a legacy pickle")
         if byteorder not in ("<", ">", "|", "="):
-            raise pickle.UnpicklingError(f"invalid dtype byte order {byteorder!r:.20}")
+            raise pickle.UnpicklingError(f"invalid dtype byte order {_brief(byteorder)}")
         dt = self._dtype
         if dt.kind in "SUV":
             if not isinstance(elsize, int) or not 0 <= elsize <= _MAX_ITEMSIZE:
-                raise _Refused(f"invalid item size {elsize!r:.20} for a {dt.kind} dtype")
+                raise _Refused(f"invalid item size {_brief(elsize)} for a {dt.kind} dtype")
             if dt.kind == "U":
                 if elsize % 4:
                     raise pickle.UnpicklingError(f"invalid unicode item size {elsize}")
@@ -455,7 +495,7 @@ class _PendingArray(_Frozen):
         if isinstance(state, tuple) and len(state) == 5:
             state = state[1:]  # (version, shape, dtype, is_fortran, rawdata)
         if not isinstance(state, tuple) or len(state) != 4:
-            raise pickle.UnpicklingError(f"unsupported ndarray state {state!r:.120}")
+            raise pickle.UnpicklingError(f"unsupported ndarray state {_brief(state)}")
         shape, dtype, fortran, raw = state
         dims = _check_shape(shape)
         dt = _plain_dtype(dtype)
@@ -492,18 +532,18 @@ class _PendingArray(_Frozen):
 
 def _check_shape(shape: Any) -> list[int]:
     if not isinstance(shape, (tuple, list)) or len(shape) > 32:
-        raise _Refused(f"invalid array shape {shape!r:.80}")
+        raise _Refused(f"invalid array shape {_brief(shape)}")
     dims = []
     for s in shape:
         if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0:
-            raise _Refused(f"invalid array shape {shape!r:.80}")
+            raise _Refused(f"invalid array shape {_brief(shape)}")
         dims.append(int(s))
     return dims
 
 
 def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _PendingArray:
     if subtype is not _NDARRAY:
-        raise _Refused(f"numpy _reconstruct of {subtype!r:.80} (only numpy.ndarray is allowed)")
+        raise _Refused(f"numpy _reconstruct of {_brief(subtype)} (only numpy.ndarray is allowed)")
     dims = _check_shape(shape)
     dt = _plain_dtype(dtype)
     if int(np.prod(dims, dtype=object)) * dt.itemsize > _MAX_RECONSTRUCT_BYTES:
@@ -522,7 +562,7 @@ def _scalar(dtype: Any, obj: Any = None) -> Any:
     if isinstance(obj, str):
         obj = obj.encode("latin-1")
     if not isinstance(obj, bytes) or len(obj) != dt.itemsize:
-        raise _Refused(f"numpy scalar of dtype {dt} from {obj!r:.80}")
+        raise _Refused(f"numpy scalar of dtype {dt} from {_brief(obj)}")
     return np.frombuffer(obj, dtype=dt)[0].copy()
 
 
@@ -535,11 +575,72 @@ def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarra
     if dt.hasobject:
         raise _Refused("numpy _frombuffer of an object array")
     if order not in ("C", "F"):
-        raise _Refused(f"numpy _frombuffer with order {order!r:.20}")
+        raise _Refused(f"numpy _frombuffer with order {_brief(order)}")
     dims = _check_shape(shape)
     if len(buf) != int(np.prod(dims, dtype=object)) * dt.itemsize:
         raise pickle.UnpicklingError(f"array data of {len(buf)} bytes for shape {tuple(dims)}")
     return np.frombuffer(bytes(buf), dtype=dt).reshape(dims, order=order).copy(order="K")
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters for a message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _children(obj: Any) -> list[Any] | None:
+    """Return the objects a container holds, or None for a leaf."""
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return list(obj)
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, slice):
+        return [obj.start, obj.stop, obj.step]
+    if isinstance(obj, _PendingArray):
+        arr = obj.resolve()
+        return list(arr.ravel(order="K")) if arr.dtype.hasobject else None
+    if isinstance(obj, LegacyLilMatrix):
+        return [obj._state] if obj._state is not None else None
+    return None
+
+
+def _check_graph(root: Any, source: str) -> None:
+    """Refuse cyclic, too deeply nested and "billion laughs" object graphs.
+
+    Iterative (no recursion), linear in the number of distinct containers: each
+    container's expanded size (what a traversal that does not remember shared objects
+    would visit) is computed once from its children's.
+    """
+    expanded: dict[int, int] = {}
+    on_path: set[int] = set()
+    edges = 0
+    stack: list[tuple[Any, int, list[Any] | None]] = [(root, 0, None)]
+    while stack:
+        node, depth, kids = stack.pop()
+        key = id(node)
+        if kids is not None:  # all children done: post-order visit
+            on_path.discard(key)
+            total = 1 + sum(expanded.get(id(k), 1) for k in kids)
+            expanded[key] = total
+            if total > _MAX_EXPANDED + _SHARING_FACTOR * edges:
+                raise _Refused(
+                    f"it refers to the same containers over and over (a 'billion laughs' "
+                    f"structure expanding to more than {_MAX_EXPANDED + _SHARING_FACTOR * edges}"
+                    f" items from {edges} stored references)"
+                )
+            continue
+        if key in expanded:
+            continue
+        if key in on_path:
+            raise _Refused("its data refers to itself (a cycle), which SIMA's files never do")
+        children = _children(node)
+        if children is None:
+            continue
+        if depth >= MAX_PICKLE_DEPTH:
+            raise _Refused(f"its data is nested more than {MAX_PICKLE_DEPTH} levels deep")
+        on_path.add(key)
+        edges += len(children)
+        stack.append((node, depth, children))
+        stack.extend((k, depth + 1, None) for k in children if id(k) not in expanded)
 
 
 def _finalize(obj: Any, memo: dict[int, Any] | None = None) -> Any:
@@ -627,7 +728,7 @@ def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
     if cls is _EmptyDict and base is _EmptyDict and isinstance(state, dict):
         return dict(state)
     raise _Refused(
-        f"copy_reg._reconstructor({cls!r:.60}, {base!r:.60}, ...) is not allowed"
+        f"copy_reg._reconstructor({_brief(cls)}, {_brief(base)}, ...) is not allowed"
     )
 
 
@@ -718,19 +819,47 @@ class RestrictedUnpickler(pickle.Unpickler):
     ``range``, ...) are allowed.  Any other global raises :class:`UnsafePickleError`
     at the moment the pickle names it, so nothing it refers to is ever called.
 
+    Before unpickling, :meth:`load` checks the opcode stream (no persistent ids or
+    extension codes, no memo bombs, no global outside the allow-list, no length
+    prefix beyond the data); after it, the object graph (no cycles, no nesting
+    deeper than :data:`MAX_PICKLE_DEPTH`, no "billion laughs" of shared containers).
+    Every failure is a :class:`ValueError` (:class:`UnsafePickleError` for refusals).
+
     Parameters
     ----------
     file : binary file
-        The pickle stream.
+        The pickle stream (read at once, at most ``max_bytes``).
     source : str
         Name of the file, used in error messages.
     encoding : str
         How Python 2 ``str`` objects are decoded (``'latin1'`` keeps NumPy's byte
         buffers intact).
+    prescan : bool
+        Check the opcode stream before unpickling (default).  Without it the
+        allow-list alone still refuses every global (used to test each layer).
+    max_bytes : int, optional
+        Largest stream accepted (default :data:`MAX_PICKLE_BYTES`).
     """
 
-    def __init__(self, file: Any, *, source: str = "<pickle>", encoding: str = "latin1") -> None:
-        super().__init__(file, encoding=encoding, errors="strict")
+    def __init__(
+        self,
+        file: Any,
+        *,
+        source: str = "<pickle>",
+        encoding: str = "latin1",
+        prescan: bool = True,
+        max_bytes: int | None = None,
+    ) -> None:
+        limit = MAX_PICKLE_BYTES if max_bytes is None else int(max_bytes)
+        data = file.read(limit + 1)
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        if not isinstance(data, bytes):
+            raise TypeError(f"RestrictedUnpickler reads a binary file, got {type(data).__name__}")
+        self._data = data
+        self._limit = limit
+        self._prescan = bool(prescan)
+        super().__init__(io.BytesIO(data), encoding=encoding, errors="strict")
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
@@ -745,9 +874,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED[module, name]
         except (KeyError, TypeError):
             raise UnsafePickleError(
-                f"refusing to load {self.source!r}: it asks for {module}.{name} (module "
-                f"{module!r}, class/function {name!r}), which is not on the allow-list of "
-                f"legacy SIMA pickles; nothing from the file was executed",
+                f"refusing to load {self.source!r}: it asks for {_clip(f'{module}.{name}')} "
+                f"(module {_clip(repr(module))}, class/function {_clip(repr(name))}), which is "
+                f"not on the allow-list of legacy SIMA pickles; nothing from the file was "
+                f"executed",
                 path=self.source,
                 module=str(module),
                 name=str(name),
@@ -762,19 +892,38 @@ class RestrictedUnpickler(pickle.Unpickler):
             If the pickle names a global outside the allow-list or misuses an
             allowed one.
         """
+        source = self.source
+        if len(self._data) > self._limit:
+            raise ResourceLimitError(
+                f"{source!r} is larger than the {self._limit} bytes allowed for a legacy SIMA "
+                f"pickle; refusing to read it"
+            )
+        if not self._data:
+            raise FileFormatError(f"{source!r} is empty (0 bytes), not a pickle")
+        if self._prescan:
+            _prescan(self._data, source)
         try:
-            return _finalize(super().load())
+            obj = super().load()
+            _check_graph(obj, source)
+            return _finalize(obj)
+        except UnsafePickleError:
+            raise
         except _Refused as err:
             raise UnsafePickleError(
-                f"refusing to load {self.source!r}: {err}; nothing from the file was executed",
-                path=self.source,
+                f"refusing to load {source!r}: {err}; nothing from the file was executed",
+                path=source,
+            ) from None
+        except (Exception, RecursionError, MemoryError) as err:  # noqa: BLE001 - not a pickle
+            raise FileFormatError(
+                f"{source!r} is not a readable legacy SIMA pickle: {type(err).__name__}: "
+                f"{_clip(str(err))}"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         """Refuse persistent ids (SIMA never wrote them)."""
         raise UnsafePickleError(
-            f"refusing to load {self.source!r}: it uses a persistent id, which legacy SIMA "
-            f"pickles never contain",
+            f"refusing to load {self.source!r}: it uses a persistent id ({_brief(pid)}), "
+            f"which legacy SIMA pickles never contain; nothing from the file was executed",
             path=self.source,
         )
 
@@ -792,13 +941,15 @@ def _prescan(data: bytes, source: str) -> None:
             if op.name in _MEMO_OPS and int(arg) > count:
                 raise UnsafePickleError(
                     f"refusing to load {source!r}: it stores an object under memo index "
-                    f"{arg}, far beyond anything a real pickle uses",
+                    f"{arg}, far beyond anything a real pickle uses (a memory bomb)",
                     path=source,
                 )
             if op.name in _REFUSED_OPS:
+                what = "a persistent id" if "PERSID" in op.name else "an extension code"
                 raise UnsafePickleError(
-                    f"refusing to load {source!r}: it uses the pickle opcode {op.name}, which "
-                    f"legacy SIMA pickles never contain",
+                    f"refusing to load {source!r}: it uses {what} (pickle opcode {op.name}), "
+                    f"which legacy SIMA pickles never contain; nothing from the file was "
+                    f"executed",
                     path=source,
                 )
             if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
@@ -808,7 +959,7 @@ def _prescan(data: bytes, source: str) -> None:
     except UnsafePickleError:
         raise
     except Exception as err:  # noqa: BLE001 - truncated or garbage data
-        raise ValueError(f"{source!r} is not a readable pickle: {err}") from None
+        raise FileFormatError(f"{source!r} is not a readable pickle: {_clip(str(err))}") from None
 
 
 def read_legacy_pickle(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
@@ -835,35 +986,28 @@ def read_legacy_pickle(path: str | os.PathLike, *, max_bytes: int | None = None)
     UnsafePickleError
         If the pickle names a global outside the allow-list (nothing is executed).
     ValueError
-        If the file is too large, truncated or otherwise not a readable pickle.
+        If the file is too large (:class:`~napari_sima.core.errors.ResourceLimitError`),
+        not a regular file, truncated, deeper than :data:`MAX_PICKLE_DEPTH`, cyclic, or
+        otherwise not a readable pickle.
     """
     source = os.path.abspath(os.fspath(path))
     limit = MAX_PICKLE_BYTES if max_bytes is None else int(max_bytes)
-    if not os.path.exists(source):
-        raise FileNotFoundError(f"no such legacy pickle: {source!r}")
-    if os.path.isdir(source):
+    try:
+        info = os.stat(source)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such legacy pickle: {source!r}") from None
+    if stat.S_ISDIR(info.st_mode):
         raise IsADirectoryError(f"{source!r} is a folder, expected a pickle file")
-    size = os.path.getsize(source)
-    if size > limit:
-        raise ValueError(
-            f"{source!r} is {size} bytes, more than the {limit} bytes allowed for a legacy "
-            f"SIMA pickle; refusing to read it"
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+        raise FileFormatError(f"{source!r} is not a regular file (a device, FIFO or socket); "
+                              f"expected a pickle file")
+    if info.st_size > limit:
+        raise ResourceLimitError(
+            f"{source!r} is {info.st_size} bytes, more than the {limit} bytes allowed for a "
+            f"legacy SIMA pickle; refusing to read it"
         )
     with open(source, "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"{source!r} grew beyond {limit} bytes while being read; refusing it")
-    if not data:
-        raise ValueError(f"{source!r} is empty (0 bytes), not a pickle")
-    _prescan(data, source)
-    try:
-        return RestrictedUnpickler(io.BytesIO(data), source=source).load()
-    except UnsafePickleError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any failure means "not a usable pickle"
-        raise ValueError(
-            f"{source!r} is not a readable legacy SIMA pickle: {type(err).__name__}: {err}"
-        ) from None
+        return RestrictedUnpickler(fh, source=source, max_bytes=limit).load()
 
 
 # ---------------------------------------------------------------------------------------
@@ -885,7 +1029,7 @@ def _opt_text(value: Any, what: str, source: str) -> str | None:
 def _int(value: Any, what: str, source: str) -> int:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value)
-    raise ValueError(f"{source!r}: {what} should be an integer, got {value!r:.80}")
+    raise ValueError(f"{source!r}: {what} should be an integer, got {_brief(value)}")
 
 
 def _opt_int(value: Any, what: str, source: str) -> int | None:
@@ -917,29 +1061,33 @@ def _resolve_path(entry: dict[str, Any], folder: Path, what: str, source: str) -
     if not candidates:
         raise ValueError(f"{source!r}: a {what} has no stored path (_relpath/_abspath)")
     for cand in candidates:
-        if os.path.isfile(cand):
+        if os.path.isfile(cand):  # regular files only: never a device, FIFO or folder
             return cand
+    odd = [c for c in candidates if os.path.exists(c)]
     raise FileNotFoundError(
         f"the {what} of the legacy dataset {str(folder)!r} was not found; looked for it at: "
         + ", ".join(repr(c) for c in candidates)
+        + (f" ({', '.join(repr(c) for c in odd)} exists but is not a regular file)"
+           if odd else "")
         + ". Put the file back at one of these places (e.g. keep the dataset folder and "
         "its movies together)."
     )
 
 
 def _resolve_plain_path(value: Any, folder: Path, what: str, source: str) -> str:
-    """Resolve a path stored as is (``_Sequence_TIFFs``): absolute, else folder, else cwd."""
+    """Resolve a path stored as is (``_Sequence_TIFFs``): absolute, else in the folder.
+
+    A relative path is taken relative to the dataset folder, never to the current
+    directory, so that what a dataset reads does not depend on where it is opened from.
+    """
     p = _text(value, what, source)
-    candidates = [p] if os.path.isabs(p) else [
-        os.path.normpath(os.path.join(folder, p)),
-        os.path.abspath(p),
-    ]
-    for cand in dict.fromkeys(candidates):
-        if os.path.isfile(cand):
-            return cand
+    cand = p if os.path.isabs(p) else os.path.normpath(os.path.join(folder, p))
+    if os.path.isfile(cand):  # regular files only: never a device, FIFO or folder
+        return cand
+    odd = " (it exists but is not a regular file)" if os.path.exists(cand) else ""
     raise FileNotFoundError(
         f"the {what} {p!r} of the legacy dataset {str(folder)!r} was not found; looked for "
-        f"it at: " + ", ".join(repr(c) for c in dict.fromkeys(candidates))
+        f"it at {cand!r}{odd}"
     )
 
 
@@ -950,7 +1098,7 @@ def _class_of(entry: Any, source: str, module: str) -> str:
     cls = entry.get("__class__")
     if not isinstance(cls, LegacyClass) or cls.module != module:
         raise ValueError(f"{source!r}: a stored entry has no {module} '__class__' "
-                         f"(got {cls!r:.80})")
+                         f"(got {_brief(cls)})")
     return cls.name
 
 
@@ -964,20 +1112,28 @@ def _slice_index(value: Any, source: str) -> slice | int:
     return _int(value, "an index", source)
 
 
+def _range_length(r: range) -> int:
+    """``len(r)`` without the OverflowError of ranges longer than ``sys.maxsize``."""
+    if (r.step > 0 and r.start >= r.stop) or (r.step < 0 and r.start <= r.stop):
+        return 0
+    return (abs(r.stop - r.start) + abs(r.step) - 1) // abs(r.step)
+
+
 def _mask_part(value: Any, source: str) -> Any:
     """Convert one element of a stored ``(frames, ..., channels)`` mask tuple."""
     if value is None or isinstance(value, np.ndarray):
         return value
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value)
-    if isinstance(value, range) and len(value) > _MAX_MASK_ITEMS:
-        raise ValueError(f"{source!r}: a stored mask selects {len(value)} items")
+    if isinstance(value, range) and _range_length(value) > _MAX_MASK_ITEMS:
+        raise ValueError(f"{source!r}: a stored mask selects {_range_length(value)} items "
+                         f"(more than {_MAX_MASK_ITEMS})")
     if isinstance(value, (list, tuple, range, set, frozenset)):
         items = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
         if items and all(isinstance(v, (list, tuple, np.ndarray)) for v in items):
             return np.asarray(items, dtype=bool)  # a nested-list boolean mask
         return [_int(v, "a mask index", source) for v in items]
-    raise ValueError(f"{source!r}: unsupported element {value!r:.80} in a stored mask")
+    raise ValueError(f"{source!r}: unsupported element {_brief(value)} in a stored mask")
 
 
 _UNSUPPORTED_V1 = {
@@ -1095,9 +1251,16 @@ def _channel_names(meta: dict[str, Any], source: str) -> list[str] | None:
     if names is None:
         return None
     if not isinstance(names, (list, tuple)):
-        raise ValueError(f"{source!r}: channel_names should be a list, got {names!r:.80}")
-    return [_text(n, "a channel name", source) if isinstance(n, (bytes, str)) else str(n)
-            for n in names]
+        raise ValueError(f"{source!r}: channel_names should be a list, got {_brief(names)}")
+    out = []
+    for n in names:
+        if isinstance(n, (bytes, bytearray, str)):
+            out.append(_text(n, "a channel name", source))
+        elif isinstance(n, (int, np.integer)) and not isinstance(n, bool):
+            out.append(str(int(n)))
+        else:
+            raise ValueError(f"{source!r}: a channel name should be text, got {_brief(n)}")
+    return out
 
 
 def _clip_slices(clip: Any, source: str) -> tuple[slice, slice] | None:
@@ -1107,10 +1270,10 @@ def _clip_slices(clip: Any, source: str) -> tuple[slice, slice] | None:
     try:
         pairs = [tuple(p) for p in clip]
     except TypeError:
-        raise ValueError(f"{source!r}: invalid clip {clip!r:.80}") from None
+        raise ValueError(f"{source!r}: invalid clip {_brief(clip)}") from None
     if len(pairs) != 2 or any(len(p) != 2 for p in pairs):
         raise ValueError(f"{source!r}: clip should be ((row0, row1), (col0, col1)), got "
-                         f"{clip!r:.80}")
+                         f"{_brief(clip)}")
     out = []
     for p in pairs:
         start, stop = (_int(v, "a clip bound", source) if v is not None else 0 for v in p)
@@ -1218,7 +1381,9 @@ def _load_v0(folder: Path, meta: dict[str, Any], source: str) -> list[Sequence]:
             (r0, c0), (r1, c1) = ((_int(a, "a trim coordinate", source),
                                    _int(b, "a trim coordinate", source)) for a, b in trim)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{source!r}: invalid trim coordinates {trim!r:.80} ({err})") from None
+            raise ValueError(
+                f"{source!r}: invalid trim coordinates {_brief(trim)} ({err})"
+            ) from None
         sequences = [s[:, :, r0:r1, c0:c1] for s in sequences]
     return sequences
 
@@ -1263,7 +1428,13 @@ def load_legacy_dataset(folder: str | os.PathLike) -> ImagingDataset:
         )
     names = _channel_names(meta, source)
     if "iterables" in meta:
-        sequences = _load_v0(folder, meta, source)
+        try:
+            sequences = _load_v0(folder, meta, source)
+        except (TypeError, IndexError, KeyError, AttributeError, OverflowError) as err:
+            raise FileFormatError(
+                f"cannot rebuild the sequences of {source!r}: {type(err).__name__}: "
+                f"{_clip(str(err))}"
+            ) from None
     else:
         seq_file = folder / "sequences.pkl"
         if not seq_file.exists():
@@ -1278,15 +1449,18 @@ def load_legacy_dataset(folder: str | os.PathLike) -> ImagingDataset:
         for k, entry in enumerate(stored):
             try:
                 sequences.append(_rebuild_v1(entry, folder, seq_source))
-            except (FileNotFoundError, UnsafePickleError):
+            except (FileNotFoundError, FileFormatError):
                 raise
-            except (ValueError, TypeError, IndexError, OSError) as err:
-                raise ValueError(f"cannot rebuild sequence {k} of {seq_source!r}: {err}") from err
+            except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
+                    OSError) as err:
+                raise FileFormatError(
+                    f"cannot rebuild sequence {k} of {seq_source!r}: {_clip(str(err), 400)}"
+                ) from err
         frame_shape = meta.get("frame_shape")
         if frame_shape is not None:
             try:
                 expected = tuple(int(v) for v in frame_shape)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 expected = None
             found = {s.frame_shape for s in sequences}
             if expected is not None and found != {expected}:
@@ -1294,10 +1468,12 @@ def load_legacy_dataset(folder: str | os.PathLike) -> ImagingDataset:
                     f"the movies of the legacy dataset {str(folder)!r} no longer match its "
                     f"stored frame shape {expected}: found {sorted(found)}"
                 )
+    for k, seq in enumerate(sequences):
+        check_frame_size(seq, f"sequence {k} of the legacy dataset {str(folder)!r}")
     try:
         ds = ImagingDataset(list(sequences), None, channel_names=names)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"cannot open the legacy dataset {str(folder)!r}: {err}") from err
+        raise FileFormatError(f"cannot open the legacy dataset {str(folder)!r}: {err}") from err
     ds._savedir = folder
     ds._read_only = True
     return ds

@@ -225,6 +225,18 @@ class Pipeline:
         }
 
 
+def _short(value: Any) -> str:
+    """Return a bounded repr of a value read from a pipeline file (for messages)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, 80, 80
+    try:
+        return r.repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print
+        return f"<{type(value).__name__}>"
+
+
 def _where(source: str | None, step: int | None = None, name: str | None = None) -> str:
     where = f"pipeline {source!r}" if source else "pipeline"
     if step is not None:
@@ -268,28 +280,28 @@ def _parse_step(item: Any, index: int, source: str | None) -> Step:
     else:
         raise PipelineError(
             f"{_where(source, index)}: a step is written '- NAME: {{parameters}}' or "
-            f"'- step: NAME' with parameters, got {item!r}"
+            f"'- step: NAME' with parameters, got {_short(item)}"
         )
     if not isinstance(name, str) or name not in STEP_PARAMETERS:
         raise PipelineError(
-            f"{_where(source, index)}: unknown step {name!r}; steps are {list(STEP_NAMES)}"
+            f"{_where(source, index)}: unknown step {_short(name)}; steps are {list(STEP_NAMES)}"
         )
     if not isinstance(given, Mapping):
         raise PipelineError(
-            f"{_where(source, index, name)}: parameters must be a mapping, got {given!r}"
+            f"{_where(source, index, name)}: parameters must be a mapping, got {_short(given)}"
         )
     spec = STEP_PARAMETERS[name]
     params = copy.deepcopy(spec)
     for key, value in given.items():
         if key not in spec:
             raise PipelineError(
-                f"{_where(source, index, name)}: unknown parameter {key!r}; "
+                f"{_where(source, index, name)}: unknown parameter {_short(key)}; "
                 f"{name} takes {sorted(spec)}"
             )
         if (name, key) not in _FREE and not _type_ok(spec[key], value):
             raise PipelineError(
                 f"{_where(source, index, name)}: {key} must be {_type_name(spec[key])}, "
-                f"got {value!r}"
+                f"got {_short(value)}"
             )
         params[key] = copy.deepcopy(value)
     for key in _REQUIRED.get(name, ()):
@@ -304,7 +316,7 @@ def _parse_step(item: Any, index: int, source: str | None) -> Step:
 
         if params["strategy"] not in STRATEGIES:
             raise PipelineError(
-                f"{_where(source, index, name)}: unknown strategy {params['strategy']!r}; "
+                f"{_where(source, index, name)}: unknown strategy {_short(params['strategy'])}; "
                 f"choose one of {sorted(STRATEGIES)}"
             )
     for key in ("label", "output"):
@@ -375,7 +387,7 @@ def parse_pipeline(obj: Any, source: str | None = None) -> Pipeline:
     version = obj.get("version", PIPELINE_VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise PipelineError(
-            f"{_where(source)}: version must be a positive integer, got {version!r}"
+            f"{_where(source)}: version must be a positive integer, got {_short(version)}"
         )
     if version > PIPELINE_VERSION:
         raise PipelineError(
@@ -433,12 +445,47 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         )
     try:
         text = path.read_text(encoding="utf-8")
+        _check_yaml_shape(text, str(path))
         obj = yaml.safe_load(text)
     except UnicodeDecodeError as err:
         raise PipelineError(f"{_where(str(path))}: not UTF-8 text ({err})") from None
     except yaml.YAMLError as err:
         raise PipelineError(f"{_where(str(path))}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise PipelineError(
+            f"{_where(str(path))}: nested more than {MAX_PIPELINE_DEPTH} levels deep"
+        ) from None
+    except (ValueError, OverflowError) as err:  # a value YAML cannot build (huge int, date)
+        if isinstance(err, PipelineError):
+            raise
+        raise PipelineError(f"{_where(str(path))}: a value cannot be read: {err}") from None
     return parse_pipeline(obj, str(path))
+
+
+def _check_yaml_shape(text: str, source: str) -> None:
+    """Refuse absurd nesting and sizes from the YAML event stream, before building anything.
+
+    PyYAML's composer is recursive and its scanner slow on deeply nested flow
+    collections: the events are read one by one (the parser itself is iterative) and
+    reading stops as soon as the nesting exceeds :data:`MAX_PIPELINE_DEPTH`.
+    """
+    import yaml
+
+    depth = 0
+    for events, event in enumerate(yaml.parse(text, Loader=yaml.SafeLoader), 1):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_PIPELINE_DEPTH:
+                raise PipelineError(
+                    f"{_where(source)}: nested more than {MAX_PIPELINE_DEPTH} levels deep"
+                )
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+        if events > MAX_PIPELINE_NODES:
+            raise PipelineError(
+                f"{_where(source)}: more than {MAX_PIPELINE_NODES} values; a pipeline is a "
+                f"short list of steps"
+            )
 
 
 def __getattr__(name: str) -> Any:

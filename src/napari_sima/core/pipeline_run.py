@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import time
 import traceback
 from collections.abc import Callable, Generator
@@ -517,7 +518,8 @@ def _step_export(step: Step, ctx: _Context) -> StepGen:
     def marker(kind: str, path: Path) -> Path:
         # the file whose sidecar records the export (averages may be one file per channel)
         if kind == "averages" and "{channel}" in str(path):
-            return Path(str(path).replace("{channel}", ds.channel_names[0]))
+            safe = re.sub(r"[^\w.-]+", "_", ds.channel_names[0]).lstrip(".") or "channel"
+            return Path(str(path).replace("{channel}", safe))
         return path
 
     if all(
@@ -539,7 +541,8 @@ def _step_export(step: Step, ctx: _Context) -> StepGen:
             if suffix in (".h5", ".hdf5"):
                 ds.export_averages(str(path), fmt="HDF5", projection_type=p["projection"])
             else:
-                names = ds.channel_names
+                # channel names come from the dataset file: never let them name a folder
+                names = [re.sub(r"[^\w.-]+", "_", n).lstrip(".") or "channel" for n in ds.channel_names]
                 if "{channel}" in str(path):
                     files = [str(path).replace("{channel}", n) for n in names]
                 elif len(names) > 1:

@@ -22,6 +22,7 @@ Examples
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -291,20 +292,37 @@ class Sequence:
             If a movie file cannot be found at its relative or absolute path.
         """
         from . import _hdf5, _tiff  # noqa: F401  (register the file kinds)
+        from .errors import FileFormatError
 
         if not isinstance(data, dict) or "kind" not in data:
-            raise ValueError(f"a stored sequence must be a mapping with a 'kind', got {data!r:.200}")
+            raise FileFormatError(
+                f"a stored sequence must be a mapping with a 'kind', got {_brief(data)}"
+            )
         kind = data["kind"]
-        if kind not in _KINDS:
-            raise ValueError(
-                f"unknown sequence kind {kind!r} in a stored dataset; known kinds: "
+        if not isinstance(kind, str) or kind not in _KINDS:
+            raise FileFormatError(
+                f"unknown sequence kind {_brief(kind)} in a stored dataset; known kinds: "
                 f"{sorted(_KINDS)}"
             )
         sd = Path(savedir) if savedir is not None else None
         try:
-            return _KINDS[kind]._from_dict(data, sd)
+            seq = _KINDS[kind]._from_dict(data, sd)
         except KeyError as err:
-            raise ValueError(f"stored sequence of kind {kind!r} lacks the field {err}") from None
+            raise FileFormatError(
+                f"stored sequence of kind {kind!r} lacks the field {_brief(err.args[0])}"
+            ) from None
+        except RecursionError:
+            raise FileFormatError(
+                f"stored sequence of kind {kind!r} is nested too deeply"
+            ) from None
+        except (TypeError, IndexError, AttributeError, OverflowError) as err:
+            # a field of the wrong type or size (the file is not what we wrote)
+            raise FileFormatError(
+                f"stored sequence of kind {kind!r} is broken: {type(err).__name__}: "
+                f"{str(err)[:300]}"
+            ) from None
+        check_frame_size(seq, f"the stored sequence of kind {kind!r}")
+        return seq
 
     # -- derived sequences --------------------------------------------------------------
     def mask(self, masks: list[tuple]) -> Sequence:
@@ -408,6 +426,9 @@ def path_to_dict(path: str | os.PathLike, savedir: str | os.PathLike | None) -> 
 def check_movie_file(path: str, kind: str) -> None:
     """Raise a clear error unless ``path`` is a non-empty regular file.
 
+    Devices (``/dev/zero``), FIFOs and sockets are refused: reading them would block
+    or never end.  Symbolic links are followed (to a regular file they are fine).
+
     Parameters
     ----------
     path : str
@@ -419,22 +440,85 @@ def check_movie_file(path: str, kind: str) -> None:
     ------
     FileNotFoundError, IsADirectoryError, ValueError
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such {kind} file: {path!r}")
-    if os.path.isdir(path):
+    from .errors import FileFormatError
+
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such {kind} file: {path!r}") from None
+    except ValueError as err:  # e.g. an embedded NUL character
+        raise FileFormatError(f"invalid {kind} file name {path!r}: {err}") from None
+    if stat.S_ISDIR(info.st_mode):
         raise IsADirectoryError(f"{path!r} is a folder, expected a {kind} file")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path!r} is empty (0 bytes), not a {kind} file")
+    if not stat.S_ISREG(info.st_mode):
+        raise FileFormatError(
+            f"{path!r} is not a regular file (a device, FIFO or socket), expected a {kind} file"
+        )
+    if info.st_size == 0:
+        raise FileFormatError(f"{path!r} is empty (0 bytes), not a {kind} file")
+
+
+#: Largest frame (``planes x rows x columns x channels`` values) a stored dataset may
+#: describe; reading one frame of it as float64 would need 8 GB.
+MAX_FRAME_ELEMENTS = 2**30
+
+
+def check_frame_size(seq: Sequence, source: str) -> None:
+    """Refuse a sequence whose frames are absurdly large (before any frame is read).
+
+    Raises
+    ------
+    napari_sima.core.errors.ResourceLimitError
+        If one frame has more than :data:`MAX_FRAME_ELEMENTS` values.
+    """
+    from .errors import ResourceLimitError
+
+    n = 1
+    for v in seq.frame_shape:
+        n *= int(v)
+    if n > MAX_FRAME_ELEMENTS:
+        raise ResourceLimitError(
+            f"{source}: frames of shape {tuple(seq.frame_shape)} (z, y, x, c) hold {n} values, "
+            f"more than the {MAX_FRAME_ELEMENTS} allowed; refusing to open it"
+        )
+
+
+def _brief(value: Any, limit: int = 200) -> str:
+    """Return a bounded repr of a value read from a file (for messages)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, 80, 80
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def resolve_stored_path(data: dict[str, Any], savedir: Path | None, what: str = "movie") -> str:
     """Find a stored file: first relative to the dataset folder, then at its absolute path.
 
+    Only paths are read from ``data``: the file found is opened for reading by the
+    caller (after :func:`check_movie_file`), never written.  A candidate that exists
+    but is not a regular file (a device such as ``/dev/zero``, a FIFO, a folder) is
+    refused rather than opened.
+
     Raises
     ------
     FileNotFoundError
         Naming every place that was tried.
+    ValueError
+        If a stored path is not text, or names something that is not a regular file.
     """
+    from .errors import FileFormatError
+
+    for key in ("relpath", "abspath", "path"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or "\0" in value):
+            raise FileFormatError(
+                f"the stored {key!r} of a {what} should be a file path, got {_brief(value)}"
+            )
     candidates: list[str] = []
     if savedir is not None and data.get("relpath"):
         rel = str(data["relpath"]).replace("\\", "/")
@@ -445,6 +529,13 @@ def resolve_stored_path(data: dict[str, Any], savedir: Path | None, what: str = 
         candidates.append(str(data["path"]))
     for cand in candidates:
         if os.path.exists(cand):
+            if os.path.isdir(cand):
+                raise IsADirectoryError(f"the {what} {cand!r} is a folder, expected a file")
+            if not os.path.isfile(cand):
+                raise FileFormatError(
+                    f"the {what} {cand!r} is not a regular file (a device, FIFO or socket); "
+                    f"refusing to read it"
+                )
             return cand
     where = f" of the dataset {savedir}" if savedir is not None else ""
     raise FileNotFoundError(
@@ -623,11 +714,16 @@ class _IndexedSequence(_DerivedSequence):
         view._times = ix.time_from_json(data["times"])
         view._region = ix.region_from_json(data["region"])
         n = len(base)
-        t = ix.as_time_array(view._times)
-        if t.size and (t.min() < 0 or t.max() >= n):
+
+        def within(r: range | np.ndarray, size: int) -> bool:
+            if isinstance(r, range):  # never materialise a range read from a file
+                return not r or (min(r[0], r[-1]) >= 0 and max(r[0], r[-1]) < size)
+            return r.ndim == 1 and (not r.size or (r.min() >= 0 and r.max() < size))
+
+        if not within(view._times, n):
             raise ValueError(f"stored view selects frames outside its base of {n} frames")
         for r, size, axis in zip(view._region, base.frame_shape, "zyxc"):
-            if len(r) and (min(r) < 0 or max(r) >= size):
+            if not within(r, size):
                 raise ValueError(f"stored view selects {axis} outside its base of size {size}")
         return view
 
@@ -798,10 +894,22 @@ class _MaskedSequence(_DerivedSequence):
     def _from_dict(cls, data: dict[str, Any], savedir: Path | None) -> Sequence:
         base = Sequence.from_dict(data["base"], savedir)
         masks = []
+        zyx = tuple(base.shape[1:4])
         for m in data["masks"]:
-            vol = np.zeros(int(np.prod(m["shape"])), dtype=bool)
-            vol[np.asarray(m["zyx_true"], dtype=np.int64)] = True
-            masks.append((m["frames"], vol.reshape(m["shape"]), m["channels"]))
+            shape = m["shape"]
+            if not isinstance(shape, list) or [type(v) for v in shape] != [int] * 3 or (
+                tuple(shape) != zyx
+            ):
+                # checked before allocating: the mask must cover the base's (z, y, x)
+                raise ValueError(f"a stored mask of shape {_brief(shape)} does not fit a "
+                                 f"sequence of (z, y, x) shape {zyx}")
+            true = np.asarray(m["zyx_true"], dtype=np.int64)
+            size = zyx[0] * zyx[1] * zyx[2]
+            if true.ndim != 1 or (true.size and (true.min() < 0 or true.max() >= size)):
+                raise ValueError(f"a stored mask names pixels outside its {zyx} volume")
+            vol = np.zeros(size, dtype=bool)
+            vol[true] = True
+            masks.append((m["frames"], vol.reshape(zyx), m["channels"]))
         return cls(base, masks)
 
 
@@ -933,6 +1041,28 @@ class _MotionCorrectedSequence(_DerivedSequence):
         base = Sequence.from_dict(data["base"], savedir)
         if savedir is None:
             raise ValueError("stored displacements need the dataset folder")
-        name = os.path.basename(str(data["displacements_file"]))
-        disp = np.load(os.path.join(savedir, name), allow_pickle=False)
-        return cls(base, disp, tuple(data["extent"]))
+        stored = data["displacements_file"]
+        if not isinstance(stored, str):
+            raise ValueError(f"the stored displacements file should be a name, got "
+                             f"{_brief(stored)}")
+        # only a file inside the dataset folder, and only a regular one
+        path = os.path.join(savedir, os.path.basename(stored))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"the displacements file {path!r} of the dataset {str(savedir)!r} is missing "
+                f"(or not a regular file)"
+            )
+        try:  # memory-mapped: a header claiming more data than the file holds is refused
+            disp = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"{path!r} is not a readable .npy array: {err}") from None
+        if disp.dtype.kind not in "iu" or not 1 <= disp.ndim <= 4:
+            raise ValueError(f"{path!r} should hold integer displacements, got dtype "
+                             f"{disp.dtype} and shape {disp.shape}")
+        extent = data["extent"]
+        if not isinstance(extent, list) or [type(v) for v in extent] != [int] * 3 or min(
+            extent
+        ) < 1:
+            raise ValueError(f"the stored extent {_brief(extent)} should be 3 positive "
+                             f"integers (z, y, x)")
+        return cls(base, np.array(disp), tuple(extent))

@@ -696,6 +696,53 @@ def spike_inference(
 # ---------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------
+def _stored_rows(r: Any) -> np.ndarray:
+    """Return a stored ``(n_rois, n_frames)`` signal as a 2-D float array (float: no copy).
+
+    Rows are converted to float64 where they are used (exactly: every float32 value is
+    a float64 value), so the results are those of a float64 copy of the whole set.
+    """
+    a = np.atleast_2d(np.asarray(r))
+    return a if a.dtype.kind == "f" else a.astype(float)
+
+
+def _finite_rows(a: np.ndarray, block: int = 256) -> np.ndarray:
+    """Return whether each row has a finite value (by blocks of rows: little memory)."""
+    out = np.zeros(a.shape[0], dtype=bool)
+    for k in range(0, a.shape[0], block):
+        out[k:k + block] = np.isfinite(a[k:k + block]).any(axis=1)
+    return out
+
+
+#: Float64 values per block of traces in :func:`_estimate_blocks` (32 MB).
+ESTIMATE_BLOCK_VALUES = 1 << 22
+
+
+def _estimate_blocks(
+    raw: list[np.ndarray], rows: np.ndarray, gamma: Any, mode: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`estimate_parameters_many` of the filled ``rows``, a block of rows at a time.
+
+    Every ROI's estimate depends on its own traces only, so the blocks give the numbers
+    of one call on all rows, with float64 copies of only a block of traces at a time.
+    ``gamma`` is None, a scalar or one value per row of ``rows``.
+    """
+    n = len(rows)
+    per_row = gamma is not None and np.ndim(gamma) > 0
+    if per_row:  # the error of a single call for a wrong length
+        gamma = np.broadcast_to(np.asarray(gamma, dtype=float), (n,))
+    frames = sum(r.shape[1] for r in raw)
+    block = max(1, ESTIMATE_BLOCK_VALUES // max(frames, 1))
+    g_out = np.empty(n)
+    s_out = np.empty(n)
+    for k in range(0, n, block):
+        idx = rows[k:k + block]
+        sub = [_fill_rows(r[idx]) for r in raw]
+        g_k = gamma[k:k + block] if per_row else gamma
+        g_out[k:k + block], s_out[k:k + block] = estimate_parameters_many(sub, g_k, mode)
+    return g_out, s_out
+
+
 def _fill_rows(a: np.ndarray) -> np.ndarray:
     """Interpolate NaN frames row by row (rows without a finite value stay NaN)."""
     a = np.array(a, dtype=float)
@@ -915,15 +962,20 @@ def infer_spikes(
         signals = signal_store.memory_store(dataset, ch)[label]
     else:  # read only the set used, not every set of the channel
         signals = signal_store.dataset_signal_set(savedir, ch, label)
-    raw = [np.atleast_2d(np.asarray(r, dtype=float)) for r in signals["raw"]]
+    # Kept in their stored precision (float32 from an extraction): the float64 copies
+    # the estimation and the solver need are made a block of rows at a time, so the
+    # memory used stays a small multiple of the signal set (see _estimate_blocks).
+    raw = [_stored_rows(r) for r in signals["raw"]]
     n_rois = raw[0].shape[0]
-    filled = [_fill_rows(r) for r in raw]
-    valid = np.all([np.isfinite(r).all(axis=1) for r in filled], axis=0)
+    # a trace is usable when it has a finite frame in every sequence (NaN frames are
+    # interpolated, as _fill_rows does)
+    valid = np.all([_finite_rows(r) for r in raw], axis=0)
 
     # -- parameters ----------------------------------------------------------------------
     gammas: list[Any] = [None] * n_rois
     sigmas = np.zeros(n_rois)
     if mode == "psd":
+        filled = [_fill_rows(r) for r in raw]
         opts = default_psd_opts()
         if share_gamma:
             concat = np.concatenate([r[valid].ravel() for r in filled])
@@ -939,14 +991,14 @@ def infer_spikes(
                 sigmas[i] = s
     else:
         gv = np.full(n_rois, np.nan)
-        sub = [r[valid] for r in filled]
         if valid.any():
+            rows_valid = np.flatnonzero(valid)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                g_est, _ = estimate_parameters_many(sub, gamma, mode)
+                g_est, _ = _estimate_blocks(raw, rows_valid, gamma, mode)
             if share_gamma and gamma is None:
                 g_est = np.full_like(g_est, np.median(g_est))
-            _, s_est = estimate_parameters_many(sub, g_est, mode)
+            _, s_est = _estimate_blocks(raw, rows_valid, g_est, mode)
             gv[valid] = g_est
             sigmas[valid] = s_est
         gammas = [float(x) for x in gv]
@@ -954,8 +1006,11 @@ def infer_spikes(
     # -- inference -----------------------------------------------------------------------
     total = len(raw) * n_rois
     rows = [(q, i) for q in range(len(raw)) for i in range(n_rois) if valid[i]]
-    spikes_out = [np.full(r.shape, np.nan) for r in raw]
-    fits_out = [np.full(r.shape, np.nan) for r in raw]
+    # Returned and stored as float32 like the raw signals they come from (half the
+    # memory and the size on disk; the solver's precision is far finer than float32's):
+    # each solved row is rounded when it is placed.
+    spikes_out = [np.full(r.shape, np.nan, dtype=np.float32) for r in raw]
+    fits_out = [np.full(r.shape, np.nan, dtype=np.float32) for r in raw]
     bases = np.full((len(raw), n_rois), np.nan)
     scales = np.full((len(raw), n_rois), np.nan)
     skipped = total - len(rows)  # ROIs without a signal count as done at once
@@ -995,10 +1050,6 @@ def infer_spikes(
         params_out.append(par)
 
     # -- storage -------------------------------------------------------------------------
-    # Returned and stored as float32 like the raw signals they come from (half the size
-    # on disk; the solver's precision is far finer than float32's).
-    spikes_out = [a.astype(np.float32) for a in spikes_out]
-    fits_out = [a.astype(np.float32) for a in fits_out]
     entries = {"spikes": spikes_out, "spikes_fits": fits_out, "spikes_params": params_out}
     if savedir is None:
         store = signal_store.memory_store(dataset, ch)
