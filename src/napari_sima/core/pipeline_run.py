@@ -542,7 +542,10 @@ def _step_export(step: Step, ctx: _Context) -> StepGen:
                 ds.export_averages(str(path), fmt="HDF5", projection_type=p["projection"])
             else:
                 # channel names come from the dataset file: never let them name a folder
-                names = [re.sub(r"[^\w.-]+", "_", n).lstrip(".") or "channel" for n in ds.channel_names]
+                names = [
+                    re.sub(r"[^\w.-]+", "_", n).lstrip(".") or "channel"
+                    for n in ds.channel_names
+                ]
                 if "{channel}" in str(path):
                     files = [str(path).replace("{channel}", n) for n in names]
                 elif len(names) > 1:
