@@ -135,20 +135,20 @@ def _roi(roitype: str, points: Any = None, **attrs: Any) -> bytes:
 
 @functools.cache
 def roi_seeds() -> tuple[bytes, ...]:
-    """Valid ``.roi`` files of every ImageJ ROI type (built once)."""
+    """Return valid ``.roi`` files of every ImageJ ROI type (built once)."""
     import roifile
 
     from napari_sima.core.imagej import write_imagej_rois
     from napari_sima.core.roi import ROI
 
-    O = roifile.ROI_OPTIONS  # noqa: N806
+    opt = roifile.ROI_OPTIONS
     square = [[2, 2], [2, 12], [12, 12], [12, 2]]
     subpix = np.array([[3.25, 4.5], [20.75, 5.0], [18.5, 22.25], [4.0, 19.5]])
     seeds = [
         _roi("POLYGON", square, name="cell", position=2),
         _roi("FREEHAND", subpix, name="free", z_position=2, c_position=1, t_position=3),
         _roi("TRACED", square),
-        _roi("POLYGON", subpix, options=O.SPLINE_FIT | O.SUB_PIXEL_RESOLUTION),
+        _roi("POLYGON", subpix, options=opt.SPLINE_FIT | opt.SUB_PIXEL_RESOLUTION),
         _roi("POLYLINE", square),
         _roi("FREELINE", subpix),
         _roi("ANGLE", square[:3]),
@@ -156,12 +156,12 @@ def roi_seeds() -> tuple[bytes, ...]:
         _roi("RECT", None, top=5, left=6, bottom=20, right=30, name="rect"),
         _roi("RECT", None, top=5, left=6, bottom=20, right=30, rounded_rect_arc_size=4),
         _roi(
-            "RECT", None, options=O.SUB_PIXEL_RESOLUTION, xd=2.5, yd=3.5, widthd=10.25,
+            "RECT", None, options=opt.SUB_PIXEL_RESOLUTION, xd=2.5, yd=3.5, widthd=10.25,
             heightd=7.75, top=3, left=2, bottom=11, right=13,
         ),
         _roi("OVAL", None, top=4, left=4, bottom=30, right=44, name="oval"),
         _roi(
-            "OVAL", None, options=O.SUB_PIXEL_RESOLUTION, xd=1.5, yd=2.5, widthd=15.0,
+            "OVAL", None, options=opt.SUB_PIXEL_RESOLUTION, xd=1.5, yd=2.5, widthd=15.0,
             heightd=9.0, top=2, left=1, bottom=12, right=17,
         ),
         _roi("LINE", None, x1=1.0, y1=2.0, x2=30.0, y2=40.0),
@@ -177,12 +177,18 @@ def roi_seeds() -> tuple[bytes, ...]:
     ring[6:10, 6:10] = False
     blobs = np.zeros((16, 16), dtype=bool)
     blobs[1:4, 1:4] = blobs[8:12, 9:15] = True
-    polys = [np.array([[1, 1, 0], [1, 5, 0], [5, 5, 0]]), np.array([[8, 8, 1], [8, 12, 1], [12, 9, 1]])]
+    polys = [
+        np.array([[1, 1, 0], [1, 5, 0], [5, 5, 0]]),
+        np.array([[8, 8, 1], [8, 12, 1], [12, 9, 1]]),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for k, r in enumerate(
-            [ROI(mask=[ring], label="hole", id="x"), ROI(mask=[blobs]), ROI(polygons=polys, label="two")]
-        ):
+        rois = [
+            ROI(mask=[ring], label="hole", id="x"),
+            ROI(mask=[blobs]),
+            ROI(polygons=polys, label="two"),
+        ]
+        for k, r in enumerate(rois):
             seeds.extend(_zip_members(_written_roiset(write_imagej_rois, r, k)))
     return tuple(seeds)
 
@@ -271,7 +277,7 @@ def mutate_roi(data: bytes, mutations: list[tuple]) -> bytes:
 
 @st.composite
 def roi_bytes(draw: st.DrawFn) -> bytes:
-    """A valid ``.roi`` file with 0-4 mutations."""
+    """Draw a valid ``.roi`` file with 0-4 mutations."""
     seed = roi_seeds()[draw(_SEED_INDEX)]
     return mutate_roi(seed, draw(_ROI_MUTATIONS))
 
@@ -285,10 +291,8 @@ _SHAPES = st.sampled_from(_IM_SHAPES)
 @st.composite
 def roi_input(draw: st.DrawFn) -> tuple[bytes, Any]:
     """``(bytes of a .roi, im_shape)``; sometimes raw random bytes after the magic."""
-    if draw(_ONE_IN_TEN) == 0:
-        data = b"Iout" + draw(st.binary(max_size=256))
-    else:
-        data = draw(_ROI_BYTES)
+    raw = draw(_ONE_IN_TEN) == 0
+    data = b"Iout" + draw(st.binary(max_size=256)) if raw else draw(_ROI_BYTES)
     return data, draw(_SHAPES)
 
 
@@ -358,7 +362,9 @@ def build_zip(members: list[tuple[str, bytes, int]], zip64: bool = False) -> byt
 
 
 #: Fields of zip records: (signature, field offset, struct code), little-endian.
-_LOCAL_FIELDS = ((4, "H"), (6, "H"), (8, "H"), (14, "I"), (18, "I"), (22, "I"), (26, "H"), (28, "H"))
+_LOCAL_FIELDS = (
+    (4, "H"), (6, "H"), (8, "H"), (14, "I"), (18, "I"), (22, "I"), (26, "H"), (28, "H"),
+)  # fmt: skip
 _CENTRAL_FIELDS = (
     (6, "H"), (8, "H"), (10, "H"), (16, "I"), (20, "I"), (24, "I"), (28, "H"), (30, "H"),
     (32, "H"), (34, "H"), (38, "I"), (42, "I"),
@@ -415,7 +421,7 @@ def mutate_zip(data: bytes, mutations: list[tuple]) -> bytes:
 
 @st.composite
 def roiset_bytes(draw: st.DrawFn) -> bytes:
-    """A RoiSet zip (odd members, zip64 or not) with 0-4 structure mutations."""
+    """Draw a RoiSet zip (odd members, zip64 or not) with 0-4 structure mutations."""
     members = draw(_MEMBERS)
     if draw(_ONE_IN_TEN) == 0 and draw(_ONE_IN_TEN) < 3:  # many small members
         seed = roi_seeds()[0]
@@ -427,9 +433,8 @@ def roiset_bytes(draw: st.DrawFn) -> bytes:
 @timed
 def read_roiset(data: bytes, workdir: Path) -> Any:
     """Fuzz target: write a RoiSet zip and read it with ``read_imagej_rois``."""
-    from napari_sima.core.imagej import read_imagej_rois
-
     from napari_sima._roi_io import get_roi_reader
+    from napari_sima.core.imagej import read_imagej_rois
 
     path = workdir / "RoiSet.zip"
     path.write_bytes(data)

@@ -32,6 +32,7 @@ coverage-guided session on the TIFF reader (not used by the tests).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import struct
@@ -163,6 +164,7 @@ _TAGS = (
     256, 257, 258, 259, 262, 270, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338,
     339, 32997, 50838, 50839,
 )  # fmt: skip
+_CODES = {1: "B", 2: "B", 3: "H", 4: "I", 16: "Q", 8: "h", 9: "i", 17: "q"}
 _SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
           16: 8, 17: 8, 18: 8}  # fmt: skip
 
@@ -205,13 +207,14 @@ class _Tiff:
     def entry(self, data: bytes, epos: int) -> tuple[int, int, int, int]:
         """``(tag, type, count, value field position)`` of the entry at ``epos``."""
         tag, typ = struct.unpack(self.bo + "HH", data[epos : epos + 4])
-        (count,) = struct.unpack(self.bo + self.off, data[epos + 4 : epos + 4 + struct.calcsize(self.off)])
-        return tag, typ, count, epos + 4 + struct.calcsize(self.off)
+        width = struct.calcsize(self.off)
+        (count,) = struct.unpack(self.bo + self.off, data[epos + 4 : epos + 4 + width])
+        return tag, typ, count, epos + 4 + width
 
 
 def _put(out: bytearray, pos: int, fmt: str, value: int) -> None:
     size = struct.calcsize(fmt)
-    if 0 <= pos and pos + size <= len(out):
+    if pos >= 0 and pos + size <= len(out):
         out[pos : pos + size] = struct.pack(fmt, value % (1 << 8 * size))
 
 
@@ -239,7 +242,7 @@ def mutate_tiff(data: bytes, mutations: list[tuple]) -> bytes:
             epos = found[0] if found else entries[tag % len(entries)]
             _, typ, count, vpos = tiff.entry(bytes(out), epos)
             size = _SIZES.get(typ, 4)
-            fmt = bo + {1: "B", 2: "B", 3: "H", 4: "I", 16: "Q", 8: "h", 9: "i", 17: "q"}.get(typ, "I")
+            fmt = bo + _CODES.get(typ, "I")
             inline = count * size <= struct.calcsize(offc)
             if inline:
                 where = vpos + (elem % max(count, 1)) * size
@@ -270,13 +273,16 @@ _VALUES = st.one_of(
     st.sampled_from(INTERESTING_INTS + (10**6, 10**9, 10**12, 5, 6, 7, 32773, 34925, 50000)),
     st.integers(0, 2**32 - 1),
 )
+_IFD = st.integers(0, 15)
+_TAG_MUTATION = st.tuples(st.just("tag"), _IFD, st.sampled_from(_TAGS), st.integers(0, 7), _VALUES)
 _TIFF_MUTATION = st.one_of(
-    st.tuples(st.just("tag"), st.integers(0, 15), st.sampled_from(_TAGS), st.integers(0, 7), _VALUES),
-    st.tuples(st.just("tag"), st.integers(0, 15), st.sampled_from(_TAGS), st.integers(0, 7), _VALUES),
+    _TAG_MUTATION,
+    _TAG_MUTATION,
     st.tuples(st.just("entry"), st.integers(0, 15), st.integers(0, 63),
               st.sampled_from(["code", "type", "count", "value"]), _VALUES),
     st.tuples(st.just("nentries"), st.integers(0, 15), _VALUES),
-    st.tuples(st.just("next"), st.integers(0, 15), st.sampled_from(["zero", "self", "first", "eof", "value"]), _VALUES),
+    st.tuples(st.just("next"), _IFD, st.sampled_from(["zero", "self", "first", "eof", "value"]),
+              _VALUES),
     st.tuples(st.just("bytes"), st.integers(0, 2**20), st.binary(min_size=1, max_size=8)),
     st.tuples(st.just("truncate"), st.integers(0, 2**20)),
 )  # fmt: skip
@@ -310,8 +316,10 @@ def _read_some(seq: Any) -> None:
 
 
 def _via_napari(path: Path) -> None:
-    """The napari reader: ``get_reader`` gives None or a reader; then the layers it
-    builds (contrast limits read a few frames) and their first frame.
+    """Open ``path`` as napari would: ``get_reader``, then the layers and a frame.
+
+    ``get_reader`` gives None or a reader; the layers read a few frames (contrast
+    limits), then their first frame is read.
 
     The reader function itself is not called: it only adds napari notifications
     (importing napari takes seconds) to :meth:`OpenedSource.layer_data`.
@@ -336,10 +344,8 @@ def read_tiff(data: tuple[str, bytes, int, int, bool], workdir: Path) -> Any:
         if kind == "overlay":
             from napari_sima.core.imagej import read_imagej_rois
 
-            try:
+            with contextlib.suppress(ValueError):  # the movie is checked next
                 read_imagej_rois(path, im_shape=(16, 16))
-            except ValueError:
-                pass  # the movie must still be checked
         if napari:
             _via_napari(path)
         seq = Sequence.create("TIFF", path, num_planes=planes, num_channels=channels)
@@ -361,6 +367,7 @@ _H5_DTYPES = (
     "enum", "ref", "array", "opaque", "vlen-int",
 )  # fmt: skip
 _LABELS = ("t", "z", "y", "x", "c", "T", "tt", "", "q", "ü", "x ")
+_LABEL = st.sampled_from(_LABELS)
 _DS_NAMES = ("mov", "data", "imaging", "ü-movie", "a b", "g/inner", "x" * 100)
 _CHANNEL_NAMES = ("none", "strs", "bytes", "ints", "nested", "empty", "scalar", "many")
 
@@ -392,7 +399,7 @@ def _dataset_spec(draw: st.DrawFn) -> dict[str, Any]:
         "dtype": draw(st.sampled_from(_H5_DTYPES[:6] * 3 + _H5_DTYPES)),
         "chunked": draw(st.booleans()),
         "gzip": draw(st.integers(0, 3)) == 0,
-        "labels": draw(st.none() | st.lists(st.sampled_from(_LABELS), min_size=ndim, max_size=ndim)),
+        "labels": draw(st.none() | st.lists(_LABEL, min_size=ndim, max_size=ndim)),
         "channel_names": draw(st.sampled_from(_CHANNEL_NAMES)),
         "external": draw(st.sampled_from([None, None, None, None, "missing", "small"])),
         "scalar_empty": draw(st.integers(0, 15)) == 0,
@@ -413,12 +420,13 @@ _KEYS = st.sampled_from(
 )  # fmt: skip
 
 
+_MOVIE_LINKS = st.sampled_from(["soft", "dangling", "ext", "hard"])
 _NUMERIC = ("u1", "u2", "i2", ">u2", "i4", "f2", "f4", ">f8", "?", "enum")
 
 
 @st.composite
 def _movie_spec(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
-    """A dataset that is a readable movie (mostly), and a dim order that fits it."""
+    """Draw a dataset that is a readable movie (mostly) and a dim order that fits it."""
     order = draw(st.permutations("tzyxc"))
     ndim = draw(st.integers(3, 5))
     letters = [a for a in order if a in "tyx"] + [a for a in order if a not in "tyx"]
@@ -443,14 +451,14 @@ def _movie_spec(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
 
 @st.composite
 def hdf5_input(draw: st.DrawFn) -> dict[str, Any]:
-    """A description of an HDF5 file and how to open it."""
+    """Draw a description of an HDF5 file and how to open it."""
     _warm_up()
     if draw(st.integers(0, 2)):  # a movie, opened the right way (mostly)
         movie, order = draw(_movie_spec())
         others = draw(st.lists(_dataset_spec(), max_size=1))
         return {
             "datasets": [movie, *others],
-            "links": draw(st.lists(st.sampled_from(["soft", "dangling", "ext", "hard"]), max_size=2)),
+            "links": draw(st.lists(_MOVIE_LINKS, max_size=2)),
             "dim_order": draw(st.sampled_from([order, order, None, order.upper()])),
             "group": draw(st.sampled_from([None, None, "/"])),
             "key": draw(st.sampled_from([None, "mov", "mov", "/mov", "soft"])),
@@ -588,10 +596,8 @@ def _atheris_main(argv: list[str]) -> None:  # pragma: no cover - manual tool
         fdp = atheris.FuzzedDataProvider(raw)
         cut = fdp.ConsumeIntInRange(0, len(seed))
         data = seed[:cut] + fdp.ConsumeBytes(fdp.remaining_bytes())
-        try:
+        with contextlib.suppress(*READ_ERRORS):
             read_tiff(("plain", data, 1, 1, False), workdir)
-        except READ_ERRORS:
-            pass
 
     import napari_sima.core.imagej  # noqa: F401  (loaded before instrumenting)
     from napari_sima.core import Sequence  # noqa: F401

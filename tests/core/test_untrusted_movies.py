@@ -24,7 +24,7 @@ import tifffile
 from napari_sima._reader import get_reader, open_source
 from napari_sima._roi_io import get_roi_reader
 from napari_sima.core import Sequence
-from napari_sima.core.errors import READ_ERRORS, FileFormatError, ResourceLimitError
+from napari_sima.core.errors import FileFormatError, ResourceLimitError
 from napari_sima.core.imagej import read_imagej_rois
 
 #: A refusal "before allocating" may use this much traced memory at most.
@@ -281,7 +281,8 @@ def test_damaged_central_directory(tmp_path):
 # --------------------------------------------------------------------------- TIFF
 def test_tiff_claiming_1e12_pixels_is_refused_before_allocating(tmp_path):
     path = tmp_path / "huge.tif"
-    path.write_bytes(tiff_bytes(image_tags(1_000_000, 1_000_000, nbytes=10**12 % 2**32), b"\0" * 64))
+    tags = image_tags(1_000_000, 1_000_000, nbytes=2**32 - 1)  # ImageWidth=ImageLength=1e6
+    path.write_bytes(tiff_bytes(tags, b"\0" * 64))
     err, peak = peak_memory(Sequence.create, "TIFF", path)
     assert isinstance(err, ResourceLimitError), err
     assert "huge.tif" in str(err) and "1000000 x 1000000" in str(err)
@@ -378,7 +379,9 @@ def test_hdf5_huge_shape_tiny_data(tmp_path):
 def test_hdf5_huge_time_axis_reads_lazily(tmp_path):
     path = tmp_path / "long.h5"
     with h5py.File(path, "w") as f:
-        ds = f.create_dataset("mov", shape=(10**12, 4, 5), dtype="u2", chunks=(64, 4, 5), fillvalue=7)
+        ds = f.create_dataset(
+            "mov", shape=(10**12, 4, 5), dtype="u2", chunks=(64, 4, 5), fillvalue=7
+        )
         ds[3] = 1
     seq = Sequence.create("HDF5", path, "tyx")
     assert seq.shape == (10**12, 1, 4, 5, 1)
@@ -470,3 +473,21 @@ def test_hdf5_odd_channel_names_are_ignored(tmp_path, attr):
         f["mov"].attrs["channel_names"] = attr
     layers = open_source(path).layer_data()  # names that do not fit: default names
     assert [kwargs["name"] for _, kwargs, _ in layers] == ["names [0]", "names [1]"]
+
+
+def test_circular_ifd_chain_ends(tmp_path):
+    # tifffile's frame iterator followed a circular IFD chain forever (a hang when
+    # reading compressed pages of a file whose last IFD points back to an earlier one)
+    path = tmp_path / "loop.tif"
+    tifffile.imwrite(path, np.arange(4 * 8 * 8, dtype=np.uint16).reshape(4, 8, 8),
+                     photometric="minisblack", metadata=None, compression="zlib",
+                     description="ImageJ=1.54f\nimages=0\nframes=1000000\n")  # fmt: skip
+    raw = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        second, last = tif.pages[1].offset, tif.pages[3].offset
+    (count,) = struct.unpack("<H", raw[last : last + 2])
+    raw[last + 2 + 12 * count : last + 6 + 12 * count] = struct.pack("<I", second)
+    path.write_bytes(bytes(raw))
+    seq = Sequence.create("TIFF", path)
+    assert len(seq) == 4
+    np.testing.assert_array_equal(seq.read()[:, 0, :, :, 0].ravel(), np.arange(256))

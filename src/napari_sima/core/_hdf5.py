@@ -54,7 +54,7 @@ def _h5py_errors(path: str, doing: str) -> Iterator[None]:
 
 def _check_frame(ds: Any, dim_order: str, source: str) -> None:
     """Refuse a dataset whose frames would be too large or span too many chunks."""
-    sizes = [int(n) for a, n in zip(dim_order, ds.shape) if a != "t"]
+    sizes = [int(n) for a, n in zip(dim_order, ds.shape, strict=True) if a != "t"]
     frame_bytes = math.prod(sizes) * ds.dtype.itemsize
     if frame_bytes > MAX_FRAME_BYTES:
         raise ResourceLimitError(
@@ -64,7 +64,7 @@ def _check_frame(ds: Any, dim_order: str, source: str) -> None:
     if ds.chunks is not None:
         per_frame = math.prod(
             -(-int(n) // max(int(c), 1))
-            for a, n, c in zip(dim_order, ds.shape, ds.chunks)
+            for a, n, c in zip(dim_order, ds.shape, ds.chunks, strict=True)
             if a != "t"
         )
         if per_frame > MAX_CHUNKS_PER_FRAME:

@@ -286,6 +286,10 @@ class TiffPages:
     def _tiff(self):
         if self._tif is None or self._pid != os.getpid():
             self._tif = _open_tiff(self.path)
+            with _tifffile_errors(self.path, "read the page headers of"), _quiet_tifffile():
+                # index every IFD first: it stops at a circular IFD chain, which
+                # tifffile's page iterator with frames would follow forever
+                len(self._tif.pages)
             self._tif.pages.useframes = True
             self._pid = os.getpid()
         return self._tif
@@ -394,7 +398,7 @@ class TiffPages:
             got += n
 
     def _page_objects(self, tif: Any, pages: np.ndarray) -> list[Any] | None:
-        """tifffile's page objects for ``pages`` (None: let tifffile map a series)."""
+        """Tifffile's page objects for ``pages`` (None: let tifffile map a series)."""
         if self._series_index is None:
             return [tif.pages[int(i)] for i in pages]
         series = tif.series[self._series_index]
@@ -403,8 +407,11 @@ class TiffPages:
         return [series.pages[int(i)] for i in pages]
 
     def _check_page(self, page: Any, index: int) -> None:
-        """Refuse a page whose declared layout differs or whose compressed data is too
-        large for its decoded size (a deflate bomb), before tifffile decodes it."""
+        """Refuse a page unlike the first one, or a deflate bomb, before decoding it.
+
+        The compressed data of a page may not exceed twice its decoded size (plus
+        64 kB): more means a corrupt file or a decompression bomb.
+        """
         if page is None:  # a plane missing from an OME series: tifffile gives zeros
             return
         shape = tuple(int(s) for s in page.shape)

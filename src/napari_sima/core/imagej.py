@@ -586,7 +586,7 @@ class _Budget:
 def _ring_spans(
     ring: np.ndarray, rows: int, cols: int, budget: _Budget, what: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs ``(row, start, stop)`` of pixels whose centres are strictly inside ``ring``.
+    """Return runs ``(row, start, stop)`` of pixels strictly inside ``ring``.
 
     Even-odd rule (ImageJ's filling, also for self-crossing outlines), pixel-corner
     convention: pixel ``(r, c)`` is inside when its centre ``(c + 0.5, r + 0.5)`` is
@@ -616,8 +616,10 @@ def _ring_spans(
 
 
 def _centres_on_outline(ring: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Flat indices of pixels whose centres lie on the outline where the scanline
-    crossings miss them: on a horizontal edge, or on a vertex."""
+    """Return flat indices of pixels whose centres lie on a horizontal edge or vertex.
+
+    The scanline crossings of :func:`_ring_spans` miss these outline points.
+    """
     x0, y0 = ring[:, 0], ring[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
     r = y0 - 0.5
@@ -664,7 +666,7 @@ def _coverage(
 def _piece_runs(
     piece: _Piece, rows: int, cols: int, budget: _Budget
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The piece's pixels as runs, plus flat indices of on-outline pixels to drop."""
+    """Return the piece's pixels as runs, and flat indices of on-outline pixels."""
     what = piece.source.describe()
     runs = [_ring_spans(r, rows, cols, budget, what) for r in piece.rings]
     rule = (lambda n: n % 2 == 1) if piece.evenodd else (lambda n: n >= 1)
