@@ -113,24 +113,27 @@ def _open_tiff_loud(path: str):
 
 
 def _check_ome_sizes(tif: Any, path: str) -> None:
-    """Refuse OME metadata declaring more than :data:`MAX_PAGES` planes per image.
+    """Refuse OME metadata declaring more than :data:`MAX_PAGES` pages.
 
-    tifffile makes a list entry for every declared plane (missing ones are zeros),
-    so ``SizeT="1000000" SizeZ="1000000"`` would allocate terabytes.
+    tifffile makes a list entry for every page it expects (missing ones are zeros):
+    the declared ``SizeX * SizeY * SizeZ * SizeC * SizeT`` pixels of each image
+    divided by the pixels of a page, so ``SizeT="1000000" SizeZ="1000000"`` or a
+    ``SizeX`` far larger than the pages would allocate terabytes.
     """
     import re
 
-    text = tif.pages.first.description or ""
-    for pixels in re.finditer(r"<(?:\w+:)?Pixels\b[^>]*>", text):
-        sizes = dict(re.findall(r'\bSize([ZCT])\s*=\s*["\']\s*(\d{1,30})\s*["\']', pixels.group(0)))
-        planes = 1
-        for value in sizes.values():
-            planes *= max(int(value), 1)
-        if planes > MAX_PAGES:
-            raise ResourceLimitError(
-                f"{path!r}: its OME metadata declares {planes} planes in one image, more "
-                f"than the {MAX_PAGES} accepted; refusing to read it"
-            )
+    first = tif.pages.first
+    page_pixels = max(math.prod(int(n) for n in first.shape), 1)
+    total = 0
+    for pixels in re.finditer(r"<(?:\w+:)?Pixels\b[^>]*>", first.description or ""):
+        attrs = re.findall(r'\bSize([XYZCT])\s*=\s*["\']\s*(\d{1,30})\s*["\']', pixels.group(0))
+        declared = math.prod(max(int(v), 1) for _, v in attrs)
+        total += max(declared // page_pixels, 1)
+    if total > MAX_PAGES:
+        raise ResourceLimitError(
+            f"{path!r}: its OME metadata declares {total} pages of {page_pixels} pixels, "
+            f"more than the {MAX_PAGES} accepted; refusing to read it"
+        )
 
 
 class TiffPages:
