@@ -30,6 +30,9 @@ def _child(name: str, cases: int, memory_gb: float, queue: mp.Queue) -> None:
         limit = int(memory_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.path.insert(0, str(ROOT))
+    import logging
+
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # damaged files: one warning each
     from fuzz.harness import all_targets, fuzz
 
     t0 = time.perf_counter()
@@ -74,7 +77,16 @@ def main(argv: list[str] | None = None) -> int:
             print("    FAILURE:", example.splitlines()[0][:300])
     out = ROOT / "benchmarks" / "results" / "fuzz.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"cases_per_target": args.cases, "targets": rows}, indent=1))
+    previous: dict = {}
+    if out.is_file():  # keep the other targets' latest rows when running a subset
+        try:
+            previous = json.loads(out.read_text()).get("targets", {})
+        except (ValueError, AttributeError):
+            previous = {}
+    for row in rows.values():
+        row["cases requested"] = args.cases
+    merged = {**previous, **rows}
+    out.write_text(json.dumps({"targets": merged}, indent=1))
     print(f"\nwritten {out}")
     print("\n| format | cases | results | documented errors | failures | slowest (s) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|")

@@ -323,6 +323,10 @@ def roi_text(roi: Any, index: int) -> str:
 def _missing(value: Any) -> bool:
     if value is None:
         return True
+    if isinstance(value, (str, int, np.integer)):  # the common cases, without pandas
+        return False
+    if isinstance(value, (float, np.floating)):
+        return bool(value != value)
     try:
         import pandas as pd
 
@@ -375,6 +379,7 @@ class RoiMatch:
             Distinct rows, and the distinct ROI keys without a row.
         """
         rows: list[int] = []
+        row_set: set[int] = set()
         unmatched: list[Any] = []
         seen: set[Any] = set()
         for i in sorted(int(i) for i in shape_indices):
@@ -387,7 +392,8 @@ class RoiMatch:
             row = self.row_of_key.get(key)
             if row is None:
                 unmatched.append(key)
-            elif row not in rows:
+            elif row not in row_set:
+                row_set.add(row)
                 rows.append(row)
         return rows, unmatched
 

@@ -551,3 +551,32 @@ def test_napari_reader_refuses_hostile_dataset_folders(world) -> None:
     with no_hang(), pytest.raises(READ_ERRORS, match="regular file"):
         reader(str(world.folder))
     assert load_roi_sets(world.folder) == {}
+
+
+def test_stored_polygons_are_checked_but_not_simplified_again(world) -> None:
+    from napari_sima.core import ROIList
+    from napari_sima.core.storage import atomic_save_npz, load_npz
+
+    ds = ImagingDataset.load(str(world.folder))
+    square = ROI(polygons=[[1, 1], [3, 1], [5, 1], [5, 5], [1, 5]], label="a", id="7",
+                 tags={"PV"})
+    assert len(square.polygon_arrays[0]) == 4  # simplified when made
+    ds.add_ROIs(ROIList([square]), "A")
+    again = ds.ROIs["A"][0]
+    np.testing.assert_array_equal(again.polygon_arrays[0], square.polygon_arrays[0])
+    assert (again.label, again.id, again.tags) == ("a", "7", {"PV"})
+    (npz,) = (Path(ds.savedir) / "rois").glob("set_*.npz")
+    arrays = load_npz(npz)
+    # a stored polygon with an extra collinear vertex is read as stored
+    arrays["poly_vertices"] = np.array([[1, 1, 0], [3, 1, 0], [5, 1, 0], [5, 5, 0], [1, 5, 0]],
+                                       float)
+    arrays["poly_lengths"] = np.array([5])
+    atomic_save_npz(npz, **arrays)
+    assert len(ImagingDataset.load(ds.savedir).ROIs["A"][0].polygon_arrays[0]) == 5
+    # ... but one enclosing no area, or not finite, is refused naming the file
+    for bad in ([[1, 1, 0], [3, 1, 0], [5, 1, 0]], [[1, 1, 0], [3, np.nan, 0], [5, 5, 0]]):
+        arrays["poly_vertices"] = np.array(bad, float)
+        arrays["poly_lengths"] = np.array([3])
+        atomic_save_npz(npz, **arrays)
+        with pytest.raises(FileFormatError, match=r"set_.*\.npz.*polygon 0"):
+            ImagingDataset.load(ds.savedir).ROIs["A"]

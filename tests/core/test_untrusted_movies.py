@@ -351,6 +351,28 @@ def test_ome_metadata_declaring_1e12_pages(tmp_path, sizes):
 
 
 @pytest.mark.parametrize(
+    "attr", ['PlaneCount="1000000000000"', 'IFD="0" NumPlanes="10000000000"', "ZZZZZ"]
+)
+def test_ome_tiffdata_declaring_1e12_planes(tmp_path, attr):
+    order, size_z = ("ZZZZZ", 10000) if attr == "ZZZZZ" else ("XYZCT", 1)
+    if attr == "ZZZZZ":  # the Z size counted for three axes: 10^12 planes
+        attr = 'FirstZ="5"'
+    ome = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
+        f'<Pixels ID="Pixels:0" DimensionOrder="{order}" Type="uint16" SizeX="8" SizeY="8" '
+        f'SizeZ="{size_z}" SizeC="1" SizeT="3"><Channel ID="Channel:0:0"/>'
+        f"<TiffData {attr}/></Pixels></Image></OME>"
+    )
+    path = tmp_path / "ome.tif"
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint16), description=ome, metadata=None,
+                     photometric="minisblack")  # fmt: skip
+    err, peak = peak_memory(Sequence.create, "TIFF", path)  # tifffile: MemoryError
+    assert isinstance(err, ResourceLimitError) and "OME" in str(err), err
+    assert peak < SMALL
+
+
+@pytest.mark.parametrize(
     "raw",
     [
         b"II*\x00\x08\x00\x00\x00",  # IFD offset past the end (struct.error in tifffile)

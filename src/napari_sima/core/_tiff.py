@@ -128,12 +128,30 @@ def _check_ome_sizes(tif: Any, path: str) -> None:
     for pixels in re.finditer(r"<(?:\w+:)?Pixels\b[^>]*>", first.description or ""):
         attrs = re.findall(r'\bSize([XYZCT])\s*=\s*["\']\s*(\d{1,30})\s*["\']', pixels.group(0))
         declared = math.prod(max(int(v), 1) for _, v in attrs)
-        total += max(declared // page_pixels, 1)
+        pages = max(declared // page_pixels, 1)
+        # tifffile indexes planes by the sizes of DimensionOrder's axes after X and Y
+        # (an order like "ZZZZZ" repeats one size)
+        order = re.search(r'\bDimensionOrder\s*=\s*["\']\s*(\w{1,30})', pixels.group(0))
+        if order:
+            sizes = dict(attrs)
+            pages = max(pages, math.prod(max(int(sizes.get(ax, 1)), 1)
+                                         for ax in order.group(1)[2:]))
+        total += pages
     if total > MAX_PAGES:
         raise ResourceLimitError(
             f"{path!r}: its OME metadata declares {total} pages of {page_pixels} pixels, "
             f"more than the {MAX_PAGES} accepted; refusing to read it"
         )
+    # a TiffData element's plane count is also a list length for tifffile
+    for data in re.finditer(r"<(?:\w+:)?TiffData\b[^>]*>", first.description or ""):
+        for name, value in re.findall(
+            r'\b(NumPlanes|PlaneCount)\s*=\s*["\']\s*(\d{1,30})\s*["\']', data.group(0)
+        ):
+            if int(value) > MAX_PAGES:
+                raise ResourceLimitError(
+                    f"{path!r}: its OME metadata declares {name}={value}, more than the "
+                    f"{MAX_PAGES} pages accepted; refusing to read it"
+                )
 
 
 class TiffPages:

@@ -230,7 +230,7 @@ def _decode(arrays: dict[str, np.ndarray], source: str) -> ROIList:
                     polys.append(verts[start : start + int(length)])
                     start += int(length)
                 poly_index += n
-                rois.append(ROI(polygons=polys, **kwargs))
+                rois.append(ROI._from_stored_polygons(polys, **kwargs))
             else:
                 sel = order[bounds[k] : bounds[k + 1]]
                 dtype = np.dtype(entry["mask_dtype"])
