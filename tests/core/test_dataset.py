@@ -328,3 +328,25 @@ def test_sima_projection_tests(tmp_path, examples):
     for name in ("time_averages", "time_std", "time_kurtosis"):
         assert getattr(ds, name).shape == ds.frame_shape
         assert getattr(ImagingDataset.load(ds.savedir), name).shape == ds.frame_shape
+
+
+def test_saving_a_motion_corrected_dataset_keeps_one_displacements_file(tmp_path):
+    movie = np.arange(6 * 8 * 10, dtype=np.uint16).reshape(6, 1, 8, 10, 1)
+    shifts = np.zeros((6, 1, 2), int)
+    shifts[2] = [1, 2]
+    seq = Sequence.create("TIFF", _tiff_movie(tmp_path, movie)).apply_displacements(shifts)
+    ds = ImagingDataset([seq], tmp_path / "mc.sima")
+    for _ in range(3):  # saving again reuses the file named by its content
+        ds.save()
+    (used,) = (tmp_path / "mc.sima").glob("displacements_*.npy")
+    old = tmp_path / "mc.sima" / "displacements_0123.npy"  # left by an older version
+    young = tmp_path / "mc.sima" / "displacements_4567.npy"  # someone may be reading it
+    for path in (old, young):
+        path.write_bytes(used.read_bytes())
+    os.utime(old, (0, 0))
+    ds.save()
+    assert sorted(p.name for p in (tmp_path / "mc.sima").glob("displacements_*.npy")) == sorted(
+        [used.name, young.name]
+    )
+    again = ImagingDataset.load(tmp_path / "mc.sima")
+    np.testing.assert_array_equal(again.sequences[0].read(), seq.read())

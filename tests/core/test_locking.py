@@ -32,6 +32,7 @@ from napari_sima.core.locking import (
 from napari_sima.core.roi_store import load_roi_sets, roi_set_timestamps, save_roi_set
 from napari_sima.core.signal_store import (
     load_signal_set,
+    load_signal_sets,
     save_signal_set,
     signal_set_info,
     store_dir,
@@ -378,3 +379,46 @@ def test_cli_refuses_a_dataset_in_use(dataset, tmp_path):
     assert "saving the ROI set 'gui'" in line and "try again when it has finished" in line
     assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
     assert roi_set_timestamps(dataset) == {}
+
+
+CHURN = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from napari_sima.core import ROI
+    from napari_sima.core.roi_store import delete_roi_set, save_roi_set
+    from napari_sima.core.signal_store import delete_signal_set, save_signal_set, store_dir
+    folder, seconds = sys.argv[1], float(sys.argv[2])
+    rois = [ROI(polygons=[[1, 1, 0], [5, 1, 0], [5, 5, 0]], im_shape=(1, 12, 12))]
+    signals = {"raw": [np.zeros((1, 30), np.float32)], "rois": [r.todict() for r in rois],
+               "signal_channel": 0}
+    end, n = time.time() + seconds, 0
+    print("ready", flush=True)
+    while time.time() < end:
+        save_roi_set(folder, rois, "churn")
+        save_signal_set(store_dir(folder, 0), signals, "churn")
+        delete_roi_set(folder, "churn")
+        delete_signal_set(store_dir(folder, 0), "churn")
+        n += 1
+    print(n)
+    """
+)
+
+
+def test_reading_every_set_while_another_process_deletes_sets(dataset):
+    """Readers take no lock: a set deleted while they read is simply not returned."""
+    save_roi_set(dataset, _rois(), "kept")
+    save_signal_set(store_dir(dataset, 0), _signals(), "kept")
+    proc = subprocess.Popen([sys.executable, "-c", CHURN, str(dataset), "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    reads, seen = 0, set()
+    while proc.poll() is None:
+        rois, signals = load_roi_sets(dataset), load_signal_sets(store_dir(dataset, 0))
+        assert "kept" in rois and "kept" in signals
+        seen |= set(rois) | set(signals)
+        reads += 1
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert int(out.split()[-1]) > 10 and reads > 10, (out, reads)
+    assert "churn" in seen  # the reader did meet the churning sets

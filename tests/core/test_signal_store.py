@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import contextlib
 import json
 import os
 
@@ -174,18 +175,34 @@ def test_atomic_crash_keeps_old_state(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_signal_set(folder, "keep")["timestamp"] == "2024-01-02-03h04m05s"
 
-    # a crash while writing the set file itself leaves nothing behind either
-    real = storage.atomic_write_bytes
+    # a crash while streaming the set file itself leaves nothing behind either
+    real = storage.atomic_open
 
-    def half(path, data):
-        with storage.atomic_open(path, "wb") as fh:
-            fh.write(data[:10])
-            raise KeyboardInterrupt
+    class Cut:
+        """A file that takes 100 bytes, then the process is interrupted."""
 
-    monkeypatch.setattr(storage, "atomic_write_bytes", half)
+        def __init__(self, fh):
+            self.fh, self.left = fh, 100
+
+        def write(self, data):
+            if len(data) > self.left:
+                self.fh.write(bytes(data[: self.left]))
+                raise KeyboardInterrupt
+            self.left -= len(data)
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    @contextlib.contextmanager
+    def half(path, mode="wb"):
+        with real(path, mode) as fh:
+            yield Cut(fh)
+
+    monkeypatch.setattr(storage, "atomic_open", half)
     with pytest.raises(KeyboardInterrupt):
         save_signal_set(folder, _signals(), "third")
-    monkeypatch.setattr(storage, "atomic_write_bytes", real)
+    monkeypatch.setattr(storage, "atomic_open", real)
     assert sorted(os.listdir(folder)) == before
 
 

@@ -72,6 +72,43 @@ _OWN_PATTERNS = (
 )
 
 
+def _remove_unused_displacements(
+    folder: Path, sequences: list[dict[str, Any]], min_age: float = storage.ORPHAN_AGE
+) -> list[str]:
+    """Delete ``displacements_*.npy`` files the description no longer names.
+
+    Only files older than ``min_age`` go: a process that read the previous
+    ``dataset.json`` a moment ago may be about to open its file.  Best effort.
+    """
+    used: set[str] = set()
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            name = node.get("displacements_file")
+            if isinstance(name, str):
+                used.add(os.path.basename(name))
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(sequences)
+    removed = []
+    now = time.time()
+    for path in folder.glob("displacements_*.npy"):
+        try:
+            if path.name in used or not path.is_file() or path.is_symlink():
+                continue
+            if now - path.stat().st_mtime < min_age:
+                continue
+            path.unlink()
+            removed.append(path.name)
+        except OSError:
+            continue
+    return removed
+
+
 def timestamp() -> str:
     """Return the current local time in SIMA's format ``'%Y-%m-%d-%Hh%Mm%Ss'``."""
     return time.strftime("%Y-%m-%d-%Hh%Mm%Ss")
@@ -401,6 +438,7 @@ class ImagingDataset:
         storage.atomic_write_json(self._savedir / DATASET_FILE, meta)
         self._meta = meta
         self._stored_sequences = sequences
+        _remove_unused_displacements(self._savedir, sequences)
 
     @property
     def savedir(self) -> str | None:

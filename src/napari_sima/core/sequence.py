@@ -1023,12 +1023,17 @@ class _MotionCorrectedSequence(_DerivedSequence):
     def to_dict(self, savedir: str | os.PathLike | None = None) -> dict[str, Any]:
         if savedir is None:
             raise ValueError("a motion-corrected sequence can only be stored in a dataset folder")
+        import hashlib
+
         from .storage import atomic_save_npy
 
-        import uuid
-
-        name = f"displacements_{uuid.uuid4().hex}.npy"
-        atomic_save_npy(os.path.join(os.fspath(savedir), name), self._disp.astype(np.int32))
+        # named by content: saving the dataset again reuses the file
+        disp = np.ascontiguousarray(self._disp, dtype=np.int32)
+        digest = hashlib.sha256(repr(disp.shape).encode() + disp.tobytes()).hexdigest()[:32]
+        name = f"displacements_{digest}.npy"
+        path = os.path.join(os.fspath(savedir), name)
+        if not os.path.isfile(path):
+            atomic_save_npy(path, disp)
         return {
             "kind": self.kind,
             "base": self._base.to_dict(savedir),

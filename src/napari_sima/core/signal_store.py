@@ -363,7 +363,15 @@ def load_signal_sets(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
     store = _store(folder)
     if not store.exists():
         return {}
-    return {label: load_signal_set(folder, label) for label in store.read_index()["sets"]}
+    out: dict[str, dict[str, Any]] = {}
+    for label in store.read_index()["sets"]:
+        try:
+            out[label] = load_signal_set(folder, label)
+        except KeyError:
+            if label in store.read_index()["sets"]:
+                raise
+            # deleted by another process while we read: not part of the result
+    return out
 
 
 def save_signal_set(

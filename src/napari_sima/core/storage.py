@@ -12,7 +12,6 @@ reader and removed later by a writer holding the dataset's lock
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -230,13 +229,16 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def atomic_save_npz(path: str | os.PathLike, compress: bool = True, **arrays: np.ndarray) -> None:
-    """Save arrays as ``.npz`` atomically (no pickled objects allowed)."""
-    buf = io.BytesIO()
+    """Save arrays as ``.npz`` atomically (no pickled objects allowed).
+
+    The archive is streamed into the temporary file (never built in memory), which
+    replaces ``path`` only once complete.
+    """
     for name, arr in arrays.items():
         if np.asarray(arr).dtype == object:
             raise TypeError(f"array {name!r} has dtype object; only plain arrays are stored")
-    (np.savez_compressed if compress else np.savez)(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    with atomic_open(path, "wb") as fh:
+        (np.savez_compressed if compress else np.savez)(fh, **arrays)
 
 
 #: How much more an ``.npz`` archive may hold uncompressed than its size on disk
