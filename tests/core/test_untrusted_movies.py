@@ -328,41 +328,29 @@ def test_deflate_bomb_in_a_strip_is_refused(tmp_path):
     assert peak < SMALL
 
 
+_SIZES = 'SizeX="8" SizeY="8" SizeZ="1" SizeC="1" SizeT="3"'
+
+
 @pytest.mark.parametrize(
-    "sizes",
+    ("order", "sizes", "tiffdata"),
     [
-        'SizeX="8" SizeY="8" SizeZ="1000000" SizeC="1" SizeT="1000000"',  # 1e12 planes
-        'SizeX="1000000" SizeY="8" SizeZ="1" SizeC="1" SizeT="1000000"',  # planes 1e6 wide
+        # 10^12 planes
+        ("XYZCT", 'SizeX="8" SizeY="8" SizeZ="1000000" SizeC="1" SizeT="1000000"', ""),
+        # planes 10^6 wide
+        ("XYZCT", 'SizeX="1000000" SizeY="8" SizeZ="1" SizeC="1" SizeT="1000000"', ""),
+        # TiffData plane counts (found by the fuzzer)
+        ("XYZCT", _SIZES, 'PlaneCount="1000000000000"'),
+        ("XYZCT", _SIZES, 'IFD="0" NumPlanes="10000000000"'),
+        # an order repeating Z: its size counts for three axes, 10^12 planes (fuzzer)
+        ("ZZZZZ", 'SizeX="8" SizeY="8" SizeZ="10000" SizeC="1" SizeT="3"', 'FirstZ="5"'),
     ],
 )
-def test_ome_metadata_declaring_1e12_pages(tmp_path, sizes):
+def test_ome_metadata_declaring_1e12_pages(tmp_path, order, sizes, tiffdata):
     ome = (
         '<?xml version="1.0" encoding="UTF-8"?>'
         '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
-        f'<Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" {sizes}>'
-        '<Channel ID="Channel:0:0"/><TiffData/></Pixels></Image></OME>'
-    )
-    path = tmp_path / "ome.tif"
-    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint16), description=ome, metadata=None,
-                     photometric="minisblack")  # fmt: skip
-    err, peak = peak_memory(Sequence.create, "TIFF", path)  # tifffile: MemoryError
-    assert isinstance(err, ResourceLimitError) and "OME" in str(err), err
-    assert peak < SMALL
-
-
-@pytest.mark.parametrize(
-    "attr", ['PlaneCount="1000000000000"', 'IFD="0" NumPlanes="10000000000"', "ZZZZZ"]
-)
-def test_ome_tiffdata_declaring_1e12_planes(tmp_path, attr):
-    order, size_z = ("ZZZZZ", 10000) if attr == "ZZZZZ" else ("XYZCT", 1)
-    if attr == "ZZZZZ":  # the Z size counted for three axes: 10^12 planes
-        attr = 'FirstZ="5"'
-    ome = (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
-        f'<Pixels ID="Pixels:0" DimensionOrder="{order}" Type="uint16" SizeX="8" SizeY="8" '
-        f'SizeZ="{size_z}" SizeC="1" SizeT="3"><Channel ID="Channel:0:0"/>'
-        f"<TiffData {attr}/></Pixels></Image></OME>"
+        f'<Pixels ID="Pixels:0" DimensionOrder="{order}" Type="uint16" {sizes}>'
+        f'<Channel ID="Channel:0:0"/><TiffData {tiffdata}/></Pixels></Image></OME>'
     )
     path = tmp_path / "ome.tif"
     tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint16), description=ome, metadata=None,
