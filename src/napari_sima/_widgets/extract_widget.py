@@ -41,7 +41,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLineEdit,
     QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -50,15 +49,12 @@ from qtpy.QtWidgets import (
 from .._layers import sima_metadata, unwrap
 from ._common import (
     USER_ERRORS,
-    JobGuard,
     blocked,
-    datasets_in_layers,
-    fill_dataset_combo,
-    make_button,
     make_status_label,
 )
 from ._common import RefreshingComboBox as _RefreshingComboBox
 from ._common import user_message as _message
+from ._dataset_dock import DatasetDock
 
 if TYPE_CHECKING:
     from napari.layers import Shapes
@@ -237,7 +233,7 @@ def _extraction_steps(job: ExtractionJob) -> Generator[tuple[int, int], None, No
             outcome.dff_error = _message(err)
 
 
-class ExtractWidget(QWidget):
+class ExtractWidget(DatasetDock):
     """Extract ROI signals of a dataset, store them with ΔF/F, show and export them.
 
     Parameters
@@ -267,19 +263,16 @@ class ExtractWidget(QWidget):
     widget says so and shows it.
     """
 
+    capability = "iter_extract"
+    job_name = "extraction"
+    busy_message = "An extraction is running"
+
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self.dataset: ImagingDataset | None = None
+        super().__init__(viewer, parent)
         self.last_label: str | None = None
         self.last_outcome: ExtractionOutcome | None = None
-        self._datasets: list[tuple[str, ImagingDataset]] = []
         self._roi_sources: list[tuple[str, Any, str]] = []  # (kind, set label | layer, text)
-        self._worker: Any = None
         self._job: ExtractionJob | None = None
-        self._status_is_hint = False
-        # cancels the extraction when the dataset's layers are removed or the dock deleted
-        self._job_guard = JobGuard(self, viewer, self.cancel)
 
         self.setObjectName("napari_sima_extract_widget")
         layout = QVBoxLayout(self)
@@ -289,22 +282,17 @@ class ExtractWidget(QWidget):
         layout.addWidget(self._create_run_group())
         layout.addWidget(self._create_signals_group())
         layout.addStretch(1)
+        self._start_following_layers()
 
-        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
-        self.viewer.layers.events.removed.connect(self._on_layers_changed)
-        self.refresh_datasets()
-        self._adopt_initial_dataset()
-        self._update_controls()
+    def _on_layers_refreshed(self) -> None:
+        self.refresh_roi_sources()
 
     # -- construction ---------------------------------------------------------------------
     def _create_source_group(self) -> QGroupBox:
         box = QGroupBox("Source", self)
         box.setObjectName("source_group")
         form = QFormLayout(box)
-        self.dataset_combo = QComboBox(box)
-        self.dataset_combo.setObjectName("dataset_combo")
-        self.dataset_combo.setToolTip("Datasets of the layers in the viewer")
-        self.dataset_combo.currentIndexChanged.connect(self._on_dataset_combo_changed)
+        self._make_dataset_combo(box)
         self.roi_combo = _RefreshingComboBox(self.refresh_roi_sources, box)
         self.roi_combo.setObjectName("roi_combo")
         self.roi_combo.setToolTip(
@@ -437,15 +425,7 @@ class ExtractWidget(QWidget):
         layout.addLayout(row)
         return box
 
-    def _button(self, text: str, object_name: str, slot: Any, parent: QWidget) -> QPushButton:
-        return make_button(text, object_name, slot, parent)
-
     # -- state ----------------------------------------------------------------------------
-    @property
-    def is_running(self) -> bool:
-        """Whether an extraction worker is running."""
-        return self._worker is not None
-
     @property
     def channel(self) -> int | None:
         """Index of the chosen channel (None without a dataset)."""
@@ -481,40 +461,11 @@ class ExtractWidget(QWidget):
         return opts
 
     # -- datasets and sources -------------------------------------------------------------
-    def refresh_datasets(self) -> None:
-        """Rebuild the dataset box from the viewer's layers (and the current dataset)."""
-        name = self._name_of(self.dataset) if self.dataset is not None else "dataset"
-        found = datasets_in_layers(self._layers(), self.dataset, name)
-        self._datasets = [(n, ds) for n, ds in found if hasattr(ds, "iter_extract")]
-        fill_dataset_combo(self.dataset_combo, self._datasets, self.dataset)
-
-    def set_dataset(self, dataset: ImagingDataset | None) -> bool:
-        """Extract from ``dataset`` (None clears the widget).
-
-        Parameters
-        ----------
-        dataset : ImagingDataset or None
-            The dataset; it need not be shown in the viewer.
-
-        Returns
-        -------
-        bool
-            True on success (False while an extraction is running).
-        """
-        dataset = unwrap(dataset)
-        if self.is_running and dataset is not self.dataset:
-            show_warning("An extraction is running: cancel it before choosing another dataset.")
-            self.refresh_datasets()
-            return False
-        changed = dataset is not self.dataset
-        self.dataset = dataset
-        self.refresh_datasets()
+    def _on_dataset_set(self, changed: bool) -> None:
         if changed:
             self._fill_channels()
         self.refresh_roi_sources()
         self.refresh_signal_sets()
-        self._update_controls()
-        return True
 
     def refresh_roi_sources(self) -> None:
         """Rebuild the ROI-source box: stored ROI sets (newest first), then ROI layers."""
@@ -767,18 +718,7 @@ class ExtractWidget(QWidget):
             return False
         return self._show(self.dataset, label, self.channel)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
-        """Stop a running extraction when the widget is closed."""
-        self.cancel()
-        super().closeEvent(event)
-
     # -- handlers -------------------------------------------------------------------------
-    def _on_run_clicked(self) -> None:
-        self.run()
-
-    def _on_cancel_clicked(self) -> None:
-        self.cancel()
-
     def _on_show_clicked(self) -> None:
         self.show_signals()
 
@@ -800,10 +740,6 @@ class ExtractWidget(QWidget):
             path += EXPORT_FORMATS[fmt][0]
         self.export_signals(path, fmt, label=label)
 
-    def _on_dataset_combo_changed(self, index: int) -> None:
-        if 0 <= index < len(self._datasets):
-            self.set_dataset(self._datasets[index][1])
-
     def _on_channel_changed(self, index: int) -> None:
         self.refresh_signal_sets()
 
@@ -811,16 +747,6 @@ class ExtractWidget(QWidget):
         percentile = self.baseline_combo.currentText() == "percentile"
         self.percentile_spin.setEnabled(percentile)
         self.sigma_spin.setEnabled(not percentile)
-
-    def _on_layers_changed(self, event: Any = None) -> None:
-        try:
-            self.refresh_datasets()
-            if self.dataset is None and self._datasets:
-                self.set_dataset(self._datasets[0][1])
-            else:
-                self.refresh_roi_sources()
-        except RuntimeError:  # the Qt side of the widget is gone
-            logger.debug("layer event after the Extract widget was deleted", exc_info=True)
 
     def _on_worker_yielded(self, progress: tuple[int, int]) -> None:
         done, total = (int(v) for v in progress)
@@ -896,32 +822,10 @@ class ExtractWidget(QWidget):
         self._show(ds, outcome.label, outcome.channel)
 
     # -- helpers --------------------------------------------------------------------------
-    def _layers(self) -> list[Any]:
-        return [unwrap(layer) for layer in self.viewer.layers]
-
-    def _name_of(self, dataset: ImagingDataset | None) -> str:
-        if dataset is None:
-            return ""
-        for name, ds in self._datasets:
-            if ds is dataset:
-                return name
-        if dataset.savedir:
-            return os.path.splitext(os.path.basename(str(dataset.savedir).rstrip(os.sep)))[0]
-        return "dataset"
-
     def _start_dir(self) -> str:
         if self.dataset is not None and self.dataset.savedir:
             return os.path.dirname(str(self.dataset.savedir))
         return os.getcwd()
-
-    def _adopt_initial_dataset(self) -> None:
-        active = unwrap(self.viewer.layers.selection.active)
-        meta = sima_metadata(active) if active is not None else None
-        ds = unwrap(meta.get("dataset")) if meta is not None else None
-        if ds is not None:
-            self.set_dataset(ds)
-        elif self._datasets:
-            self.set_dataset(self._datasets[0][1])
 
     def _fill_channels(self) -> None:
         names = list(self.dataset.channel_names) if self.dataset is not None else []
@@ -1064,10 +968,5 @@ class ExtractWidget(QWidget):
             self._set_status(hint, hint=True)
         elif self._status_is_hint:
             self._set_status("")
-
-    def _set_status(self, text: str, hint: bool = False) -> None:
-        self.status_label.setText(text)
-        self._status_is_hint = hint
-
 
 __all__ = ["ExtractWidget", "signal_set_labels", "store_signal_entries"]

@@ -52,7 +52,6 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -68,17 +67,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import sima_metadata, unwrap
+from .._layers import unwrap
 from ._common import (
     USER_ERRORS,
-    JobGuard,
     blocked,
-    datasets_in_layers,
-    fill_dataset_combo,
     make_button,
     make_status_label,
 )
 from ._common import user_message as _message
+from ._dataset_dock import DatasetDock
 
 if TYPE_CHECKING:
     from ..core import ImagingDataset
@@ -233,7 +230,7 @@ def _pipeline_steps(job: PipelineJob) -> Generator[PipelineProgress, None, None]
         steps.close()  # cancels the step running; nothing half-written is left
 
 
-class PipelineWidget(QWidget):
+class PipelineWidget(DatasetDock):
     """Run a pipeline file on one dataset (or on a movie, for a ``create`` pipeline).
 
     Parameters
@@ -261,34 +258,25 @@ class PipelineWidget(QWidget):
         date).
     """
 
+    capability = "savedir"
+    job_name = "pipeline"
+    busy_message = "A pipeline is running"
+
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
+        super().__init__(viewer, parent)
         self.pipeline: Pipeline | None = None
         self.pipeline_path: str | None = None
-        self.dataset: ImagingDataset | None = None
         self.last_report: DatasetReport | None = None
         self.created_dataset: str | None = None
-        self._datasets: list[tuple[str, ImagingDataset]] = []
-        self._worker: Any = None
         self._job: PipelineJob | None = None
         self._load_error: str | None = None
-        self._status_is_hint = False
-        # cancels the running job when its dataset's layers are removed, or when the
-        # widget is deleted (with the viewer) before its worker ends
-        self._job_guard = JobGuard(self, viewer, self.cancel)
 
         self.setObjectName("napari_sima_pipeline_widget")
         layout = QVBoxLayout(self)
         layout.addWidget(self._create_pipeline_group(), 1)  # the table takes the height
         layout.addWidget(self._create_target_group())
         layout.addWidget(self._create_run_group())
-
-        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
-        self.viewer.layers.events.removed.connect(self._on_layers_changed)
-        self.refresh_datasets()
-        self._adopt_initial_dataset()
-        self._update_controls()
+        self._start_following_layers()
 
     # -- construction ---------------------------------------------------------------------
     def _create_pipeline_group(self) -> QGroupBox:
@@ -347,13 +335,11 @@ class PipelineWidget(QWidget):
         page = QWidget(self.target_stack)
         form = QFormLayout(page)
         form.setContentsMargins(0, 0, 0, 0)
-        self.dataset_combo = QComboBox(page)
-        self.dataset_combo.setObjectName("dataset_combo")
-        self.dataset_combo.setToolTip(
+        self._make_dataset_combo(
+            page,
             "Datasets of the layers in the viewer (the pipeline runs on the dataset's "
-            ".sima folder and stores its results there)"
+            ".sima folder and stores its results there)",
         )
-        self.dataset_combo.currentIndexChanged.connect(self._on_dataset_combo_changed)
         form.addRow("Dataset", self.dataset_combo)
         self.target_stack.addWidget(page)
         # page 1: a movie file, for pipelines that create the dataset
@@ -411,11 +397,6 @@ class PipelineWidget(QWidget):
         return box
 
     # -- state ----------------------------------------------------------------------------
-    @property
-    def is_running(self) -> bool:
-        """Whether a pipeline worker is running."""
-        return self._worker is not None
-
     @property
     def creates(self) -> bool:
         """Whether the loaded pipeline creates its dataset (its target is a movie)."""
@@ -531,37 +512,6 @@ class PipelineWidget(QWidget):
         table.resizeRowToContents(row)
 
     # -- targets --------------------------------------------------------------------------
-    def refresh_datasets(self) -> None:
-        """Rebuild the dataset box from the viewer's layers (and the current dataset)."""
-        name = self._name_of(self.dataset) if self.dataset is not None else "dataset"
-        found = datasets_in_layers(self._layers(), self.dataset, name)
-        self._datasets = [(n, ds) for n, ds in found if hasattr(ds, "savedir")]
-        fill_dataset_combo(self.dataset_combo, self._datasets, self.dataset)
-
-    def set_dataset(self, dataset: ImagingDataset | None) -> bool:
-        """Run the pipeline on ``dataset`` (None clears the choice).
-
-        Parameters
-        ----------
-        dataset : ImagingDataset or None
-            The dataset; it need not be shown in the viewer, but must live in a
-            ``.sima`` folder to be run on.
-
-        Returns
-        -------
-        bool
-            True on success (False while a pipeline is running).
-        """
-        dataset = unwrap(dataset)
-        if self.is_running and dataset is not self.dataset:
-            show_warning("A pipeline is running: cancel it before choosing another dataset.")
-            self.refresh_datasets()
-            return False
-        self.dataset = dataset
-        self.refresh_datasets()
-        self._update_controls()
-        return True
-
     def set_movie(self, path: str | os.PathLike) -> bool:
         """Choose the movie file (or glob) a ``create`` pipeline runs on.
 
@@ -656,11 +606,6 @@ class PipelineWidget(QWidget):
         self._update_controls()
         return True
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
-        """Stop a running pipeline when the widget is closed."""
-        self.cancel()
-        super().closeEvent(event)
-
     # -- handlers -------------------------------------------------------------------------
     def _on_browse_clicked(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -681,28 +626,8 @@ class PipelineWidget(QWidget):
     def _on_movie_changed(self, text: str) -> None:
         self._update_controls()
 
-    def _on_run_clicked(self) -> None:
-        self.run()
-
-    def _on_cancel_clicked(self) -> None:
-        self.cancel()
-
     def _on_open_clicked(self) -> None:
         self.open_result()
-
-    def _on_dataset_combo_changed(self, index: int) -> None:
-        if 0 <= index < len(self._datasets):
-            self.set_dataset(self._datasets[index][1])
-
-    def _on_layers_changed(self, event: Any = None) -> None:
-        try:
-            self.refresh_datasets()
-            if self.dataset is None and self._datasets:
-                self.set_dataset(self._datasets[0][1])
-            else:
-                self._update_controls()
-        except RuntimeError:  # the Qt side of the widget is gone
-            logger.debug("layer event after the Pipeline widget was deleted", exc_info=True)
 
     def _on_worker_yielded(self, event: PipelineProgress) -> None:
         job = self._job
@@ -836,34 +761,12 @@ class PipelineWidget(QWidget):
                 logger.warning("could not refresh the %s dock", type(dock).__name__, exc_info=True)
 
     # -- helpers --------------------------------------------------------------------------
-    def _layers(self) -> list[Any]:
-        return [unwrap(layer) for layer in self.viewer.layers]
-
-    def _name_of(self, dataset: ImagingDataset | None) -> str:
-        if dataset is None:
-            return ""
-        for name, ds in self._datasets:
-            if ds is dataset:
-                return name
-        if dataset.savedir:
-            return os.path.splitext(os.path.basename(str(dataset.savedir).rstrip(os.sep)))[0]
-        return "dataset"
-
     def _start_dir(self) -> str:
         if self.pipeline_path:
             return os.path.dirname(self.pipeline_path)
         if self.dataset is not None and self.dataset.savedir:
             return os.path.dirname(str(self.dataset.savedir))
         return os.getcwd()
-
-    def _adopt_initial_dataset(self) -> None:
-        active = unwrap(self.viewer.layers.selection.active)
-        meta = sima_metadata(active) if active is not None else None
-        ds = unwrap(meta.get("dataset")) if meta is not None else None
-        if ds is not None and hasattr(ds, "savedir"):
-            self.set_dataset(ds)
-        elif self._datasets:
-            self.set_dataset(self._datasets[0][1])
 
     def _step_index(self, title: str) -> int | None:
         if self.pipeline is None:

@@ -57,15 +57,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import METADATA_KEY, sima_metadata, source_name, unwrap
+from .._layers import METADATA_KEY, unwrap
 from ._common import (
-    JobGuard,
     blocked,
-    datasets_in_layers,
-    fill_dataset_combo,
-    make_button,
     make_status_label,
 )
+from ._dataset_dock import DatasetDock
 from ._param_panel import (
     HIDDEN_FIELDS,
     INDENT,
@@ -536,7 +533,7 @@ def _segmentation_steps(job: SegmentationJob) -> Generator[SegmentProgress, None
 # ---------------------------------------------------------------------------------------
 # The widget
 # ---------------------------------------------------------------------------------------
-class SegmentWidget(QWidget):
+class SegmentWidget(DatasetDock):
     """Find ROIs automatically with a segmentation strategy and store them as a set.
 
     Parameters
@@ -579,23 +576,20 @@ class SegmentWidget(QWidget):
     nothing is stored.
     """
 
+    capability = "iter_segment"
+    job_name = "segmentation"
+    busy_message = "A segmentation is running"
+
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self.dataset: ImagingDataset | None = None
+        super().__init__(viewer, parent)
         self.preset: str | None = None
         self.last_label: str | None = None
         self.last_rois: ROIList | None = None
         self.last_layer: Shapes | None = None
-        self._datasets: list[tuple[str, ImagingDataset]] = []
         self._existing_labels: set[str] = set()
         self._label_edited = False
-        self._worker: Any = None
         self._job: SegmentationJob | None = None
-        self._status_is_hint = False
         self._presets = strategy_presets()
-        # cancels the segmentation when the dataset's layers are removed or the dock deleted
-        self._job_guard = JobGuard(self, viewer, self.cancel)
 
         self.setObjectName("napari_sima_segment_widget")
         outer = QVBoxLayout(self)
@@ -617,21 +611,17 @@ class SegmentWidget(QWidget):
 
         name, strategy = default_preset()
         self.set_strategy(name if name is not None else strategy)
-        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
-        self.viewer.layers.events.removed.connect(self._on_layers_changed)
-        self.refresh_datasets()
-        self._adopt_initial_dataset()
-        self._update_controls()
+        self._start_following_layers()
+
+    def _on_no_initial_dataset(self) -> None:
+        self._fill_planes()
 
     # -- construction ---------------------------------------------------------------------
     def _create_source_group(self) -> QGroupBox:
         box = QGroupBox("Source", self)
         box.setObjectName("source_group")
         form = QFormLayout(box)
-        self.dataset_combo = QComboBox(box)
-        self.dataset_combo.setObjectName("dataset_combo")
-        self.dataset_combo.setToolTip("Datasets of the layers in the viewer")
-        self.dataset_combo.currentIndexChanged.connect(self._on_dataset_combo_changed)
+        self._make_dataset_combo(box)
         form.addRow("Dataset", self.dataset_combo)
         self.planes_widget = QWidget(box)
         self.planes_widget.setObjectName("planes_widget")
@@ -744,15 +734,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.status_label)
         return box
 
-    def _button(self, text: str, object_name: str, slot: Any, parent: QWidget) -> QPushButton:
-        return make_button(text, object_name, slot, parent)
-
     # -- state ----------------------------------------------------------------------------
-    @property
-    def is_running(self) -> bool:
-        """Whether a segmentation worker is running."""
-        return self._worker is not None
-
     @property
     def channel_names(self) -> list[str]:
         """Channel names of the dataset (empty without one)."""
@@ -802,36 +784,7 @@ class SegmentWidget(QWidget):
         return strategy
 
     # -- datasets -------------------------------------------------------------------------
-    def refresh_datasets(self) -> None:
-        """Rebuild the dataset box from the viewer's layers (and the current dataset)."""
-        name = self._name_of(self.dataset) if self.dataset is not None else "dataset"
-        found = datasets_in_layers(
-            [unwrap(layer) for layer in self.viewer.layers], self.dataset, name
-        )
-        self._datasets = [(n, ds) for n, ds in found if hasattr(ds, "iter_segment")]
-        fill_dataset_combo(self.dataset_combo, self._datasets, self.dataset)
-
-    def set_dataset(self, dataset: ImagingDataset | None) -> bool:
-        """Segment ``dataset`` (None clears the widget).
-
-        Parameters
-        ----------
-        dataset : ImagingDataset or None
-            The dataset; it need not be shown in the viewer.
-
-        Returns
-        -------
-        bool
-            True on success (False while a segmentation is running).
-        """
-        dataset = unwrap(dataset)
-        if self.is_running and dataset is not self.dataset:
-            show_warning("A segmentation is running: cancel it before choosing another dataset.")
-            self.refresh_datasets()
-            return False
-        changed = dataset is not self.dataset
-        self.dataset = dataset
-        self.refresh_datasets()
+    def _on_dataset_set(self, changed: bool) -> None:
         if changed:
             self.panel.set_channel_names(self.channel_names)
             self.steps_editor.set_channel_names(self.channel_names)
@@ -839,8 +792,6 @@ class SegmentWidget(QWidget):
             self.refresh_labels()
             if not self._label_edited:
                 self._suggest_label()
-        self._update_controls()
-        return True
 
     def set_planes(self, planes: list[int] | None) -> None:
         """Choose the planes: None for all, else a list of plane indices.
@@ -1049,11 +1000,6 @@ class SegmentWidget(QWidget):
         self._set_status("Cancelling…")
         self.cancel_button.setEnabled(False)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
-        """Stop a running segmentation when the widget is closed."""
-        self.cancel()
-        super().closeEvent(event)
-
     # -- handlers -------------------------------------------------------------------------
     def _on_run_clicked(self) -> None:
         replace = False
@@ -1070,9 +1016,6 @@ class SegmentWidget(QWidget):
             replace = True
         self.run(replace=replace)
 
-    def _on_cancel_clicked(self) -> None:
-        self.cancel()
-
     def _on_reset_clicked(self) -> None:
         if self.preset is not None:
             self.set_strategy(self.preset)
@@ -1082,25 +1025,12 @@ class SegmentWidget(QWidget):
         if name:
             self.set_strategy(name)
 
-    def _on_dataset_combo_changed(self, index: int) -> None:
-        if 0 <= index < len(self._datasets):
-            self.set_dataset(self._datasets[index][1])
-
     def _on_all_planes_toggled(self, checked: bool) -> None:
         self._update_planewise()
 
     def _on_label_edited(self, text: str) -> None:
         self._label_edited = True
         self._update_label_warning()
-
-    def _on_layers_changed(self, event: Any = None) -> None:
-        try:
-            self.refresh_datasets()
-            if self.dataset is None and self._datasets:
-                self.set_dataset(self._datasets[0][1])
-            self._update_controls()
-        except RuntimeError:  # the Qt side of the widget is gone
-            logger.debug("layer event after the Segment widget was deleted", exc_info=True)
 
     def _on_worker_yielded(self, progress: Any) -> None:
         fraction, message = float(progress[0]), str(progress[1])
@@ -1297,25 +1227,6 @@ class SegmentWidget(QWidget):
         self.label_warning.setText(text)
         self.label_warning.setVisible(bool(text))
 
-    def _name_of(self, dataset: ImagingDataset | None) -> str:
-        if dataset is None:
-            return ""
-        for name, ds in self._datasets:
-            if ds is dataset:
-                return name
-        return source_name(dataset.savedir) if dataset.savedir else "dataset"
-
-    def _adopt_initial_dataset(self) -> None:
-        active = unwrap(self.viewer.layers.selection.active)
-        meta = sima_metadata(active) if active is not None else None
-        ds = unwrap(meta.get("dataset")) if meta is not None else None
-        if ds is not None and hasattr(ds, "iter_segment"):
-            self.set_dataset(ds)
-        elif self._datasets:
-            self.set_dataset(self._datasets[0][1])
-        else:
-            self._fill_planes()
-
     def _update_controls(self) -> None:
         has = self.dataset is not None
         running = self.is_running
@@ -1341,11 +1252,6 @@ class SegmentWidget(QWidget):
             self._set_status("No dataset: open a movie or a .sima folder.", hint=True)
         elif self._status_is_hint:
             self._set_status("")
-
-    def _set_status(self, text: str, hint: bool = False) -> None:
-        self.status_label.setText(text)
-        self._status_is_hint = hint
-
 
 def _placeholder_strategy() -> Any:
     """Return an empty dataclass standing in for the strategy while the widget is built."""

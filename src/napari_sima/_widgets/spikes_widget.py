@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,23 +49,19 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QProgressBar,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
-from .._layers import sima_metadata, unwrap
+from .._layers import unwrap
 from ._common import (
     USER_ERRORS,
-    JobGuard,
     blocked,
-    datasets_in_layers,
-    fill_dataset_combo,
-    make_button,
     make_status_label,
 )
 from ._common import RefreshingComboBox as _RefreshingComboBox
 from ._common import user_message as _message
+from ._dataset_dock import DatasetDock
 from .extract_widget import signal_set_labels
 
 if TYPE_CHECKING:
@@ -228,7 +223,7 @@ def _inference_job(job: SpikesJob, relay: _ProgressRelay) -> None:
     )
 
 
-class SpikesWidget(QWidget):
+class SpikesWidget(DatasetDock):
     """Infer the spikes of a stored signal set, store them with it and show them.
 
     Parameters
@@ -249,21 +244,18 @@ class SpikesWidget(QWidget):
         What the last inference stored.
     """
 
+    capability = "infer_spikes"
+    job_name = "spike inference"
+    busy_message = "Spike inference is running"
+
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self.dataset: ImagingDataset | None = None
+        super().__init__(viewer, parent)
         self.last_label: str | None = None
         self.last_outcome: SpikesOutcome | None = None
-        self._datasets: list[tuple[str, ImagingDataset]] = []
         self._labels: list[str] = []
-        self._worker: Any = None
         self._job: SpikesJob | None = None
-        self._status_is_hint = False
         self._relay = _ProgressRelay(self)
         self._relay.progressed.connect(self._on_progress)
-        # cancels the inference when the dataset's layers are removed or the dock deleted
-        self._job_guard = JobGuard(self, viewer, self.cancel)
 
         self.setObjectName("napari_sima_spikes_widget")
         layout = QVBoxLayout(self)
@@ -271,22 +263,14 @@ class SpikesWidget(QWidget):
         layout.addWidget(self._create_options_group())
         layout.addWidget(self._create_run_group())
         layout.addStretch(1)
-
-        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
-        self.viewer.layers.events.removed.connect(self._on_layers_changed)
-        self.refresh_datasets()
-        self._adopt_initial_dataset()
-        self._update_controls()
+        self._start_following_layers()
 
     # -- construction ---------------------------------------------------------------------
     def _create_source_group(self) -> QGroupBox:
         box = QGroupBox("Signals", self)
         box.setObjectName("source_group")
         form = QFormLayout(box)
-        self.dataset_combo = QComboBox(box)
-        self.dataset_combo.setObjectName("dataset_combo")
-        self.dataset_combo.setToolTip("Datasets of the layers in the viewer")
-        self.dataset_combo.currentIndexChanged.connect(self._on_dataset_combo_changed)
+        self._make_dataset_combo(box)
         self.channel_combo = QComboBox(box)
         self.channel_combo.setObjectName("channel_combo")
         self.channel_combo.setToolTip("Channel of the signal set")
@@ -389,15 +373,7 @@ class SpikesWidget(QWidget):
         layout.addWidget(self.status_label)
         return box
 
-    def _button(self, text: str, object_name: str, slot: Any, parent: QWidget) -> QPushButton:
-        return make_button(text, object_name, slot, parent)
-
     # -- state ----------------------------------------------------------------------------
-    @property
-    def is_running(self) -> bool:
-        """Whether an inference worker is running."""
-        return self._worker is not None
-
     @property
     def channel(self) -> int | None:
         """Index of the chosen channel (None without a dataset)."""
@@ -483,33 +459,10 @@ class SpikesWidget(QWidget):
         return True
 
     # -- datasets and sets ----------------------------------------------------------------
-    def refresh_datasets(self) -> None:
-        """Rebuild the dataset box from the viewer's layers (and the current dataset)."""
-        name = self._name_of(self.dataset) if self.dataset is not None else "dataset"
-        found = datasets_in_layers(self._layers(), self.dataset, name)
-        self._datasets = [(n, ds) for n, ds in found if hasattr(ds, "infer_spikes")]
-        fill_dataset_combo(self.dataset_combo, self._datasets, self.dataset)
-
-    def set_dataset(self, dataset: ImagingDataset | None) -> bool:
-        """Infer the spikes of a signal set of ``dataset`` (None clears the widget).
-
-        Returns
-        -------
-        bool
-            True on success (False while an inference is running).
-        """
-        dataset = unwrap(dataset)
-        if self.is_running and dataset is not self.dataset:
-            show_warning("Spike inference is running: cancel it before choosing another dataset.")
-            self.refresh_datasets()
-            return False
-        changed = dataset is not self.dataset
-        self.dataset = dataset
-        self.refresh_datasets()
+    def _on_dataset_set(self, changed: bool) -> None:
         if changed:
             self._fill_channels()
         self.refresh_signal_sets()
-        return True
 
     def set_channel(self, channel: int | str) -> bool:
         """Choose the channel by index or name; returns True if the dataset has it."""
@@ -642,24 +595,9 @@ class SpikesWidget(QWidget):
             return False
         return self._show(ds, label, ch)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
-        """Stop a running inference when the widget is closed."""
-        self.cancel()
-        super().closeEvent(event)
-
     # -- handlers -------------------------------------------------------------------------
-    def _on_run_clicked(self) -> None:
-        self.run()
-
-    def _on_cancel_clicked(self) -> None:
-        self.cancel()
-
     def _on_show_clicked(self) -> None:
         self.show_spikes()
-
-    def _on_dataset_combo_changed(self, index: int) -> None:
-        if 0 <= index < len(self._datasets):
-            self.set_dataset(self._datasets[index][1])
 
     def _on_channel_changed(self, index: int) -> None:
         self.refresh_signal_sets()
@@ -669,14 +607,6 @@ class SpikesWidget(QWidget):
 
     def _on_estimate_gamma_toggled(self, checked: bool) -> None:
         self._update_controls()
-
-    def _on_layers_changed(self, event: Any = None) -> None:
-        try:
-            self.refresh_datasets()
-            if self.dataset is None and self._datasets:
-                self.set_dataset(self._datasets[0][1])
-        except RuntimeError:  # the Qt side of the widget is gone
-            logger.debug("layer event after the Infer spikes widget was deleted", exc_info=True)
 
     def _on_progress(self, done: int, total: int) -> None:
         job = self._job
@@ -742,28 +672,6 @@ class SpikesWidget(QWidget):
         self._show(job.dataset, outcome.label, outcome.channel)
 
     # -- helpers --------------------------------------------------------------------------
-    def _layers(self) -> list[Any]:
-        return [unwrap(layer) for layer in self.viewer.layers]
-
-    def _name_of(self, dataset: ImagingDataset | None) -> str:
-        if dataset is None:
-            return ""
-        for name, ds in self._datasets:
-            if ds is dataset:
-                return name
-        if dataset.savedir:
-            return os.path.splitext(os.path.basename(str(dataset.savedir).rstrip(os.sep)))[0]
-        return "dataset"
-
-    def _adopt_initial_dataset(self) -> None:
-        active = unwrap(self.viewer.layers.selection.active)
-        meta = sima_metadata(active) if active is not None else None
-        ds = unwrap(meta.get("dataset")) if meta is not None else None
-        if ds is not None and hasattr(ds, "infer_spikes"):
-            self.set_dataset(ds)
-        elif self._datasets:
-            self.set_dataset(self._datasets[0][1])
-
     def _fill_channels(self) -> None:
         names = list(self.dataset.channel_names) if self.dataset is not None else []
         with blocked(self.channel_combo):
@@ -834,10 +742,5 @@ class SpikesWidget(QWidget):
             self._set_status(hint, hint=True)
         elif self._status_is_hint:
             self._set_status("")
-
-    def _set_status(self, text: str, hint: bool = False) -> None:
-        self.status_label.setText(text)
-        self._status_is_hint = hint
-
 
 __all__ = ["InferenceCancelled", "SpikesJob", "SpikesOutcome", "SpikesWidget", "set_has_spikes"]
