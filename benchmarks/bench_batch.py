@@ -62,6 +62,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _support import run_phase
+
 HERE = Path(__file__).resolve().parent
 STEPS = ("create", "import-rois", "extract", "infer-spikes")
 MODES = ("serial", "cluster", "cluster_prestarted")
@@ -328,22 +330,6 @@ def _phase_run(workdir: Path, mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run_phase(workdir: Path, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run one phase in a fresh Python process; return what it wrote."""
-    result = workdir / f"phase_{name}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", name,
-           "--workdir", str(workdir), "--config", json.dumps(cfg)]
-    print(f"== {name}", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0 or not result.is_file():
-        raise RuntimeError(
-            f"benchmark phase {name!r} failed (exit code {proc.returncode}); "
-            f"its output:\n{proc.stdout[-4000:]}"
-        )
-    out = json.loads(result.read_text())
-    out["process_seconds"] = round(time.perf_counter() - t0, 2)
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -513,11 +499,11 @@ def run(
         pass
     workdir = Path(tempfile.mkdtemp(prefix="napari-sima-bench-batch-", dir=parent))
     try:
-        results["generate"] = _run_phase(workdir, "generate", cfg)
+        results["generate"] = run_phase(__file__, workdir, "generate", cfg)
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
         for _ in range(repeats):
             for mode in MODES:
-                phase = _run_phase(workdir, mode, cfg)
+                phase = run_phase(__file__, workdir, mode, cfg)
                 if not phase["ok"]:
                     raise RuntimeError(f"the pipeline failed in {mode}:\n{phase['summary']}")
                 runs[mode].append(phase)

@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _support import ensure_display
 
 HERE = Path(__file__).resolve().parent
 REPEATS = 50
@@ -91,32 +92,11 @@ CELLS = [(20 + 28 * (k % 4), 20 + 28 * (k // 4), 6) for k in range(16)]
 WAIT_S = 120.0
 #: Counts whose growth is a leak.
 LEAK_KEYS = ("layers", "python_threads_own", "qt_pool_active", "open_files", "fds", "datasets")
-_REEXEC_FLAG = "NAPARI_SIMA_BENCH_UNDER_XVFB"
 
 
 # ---------------------------------------------------------------------------------------
 # Display and measuring
 # ---------------------------------------------------------------------------------------
-def _ensure_display() -> Any:
-    """Start Xvfb when there is no display; return the display to stop (or None)."""
-    if os.environ.get("DISPLAY"):
-        os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
-        return None
-    try:
-        from pyvirtualdisplay import Display
-    except ImportError:
-        Display = None  # noqa: N806
-    if Display is not None:
-        display = Display(visible=False, size=(1400, 900), color_depth=24)
-        display.start()
-        os.environ["QT_QPA_PLATFORM"] = "xcb"
-        return display
-    xvfb_run = shutil.which("xvfb-run")
-    if xvfb_run is None or os.environ.get(_REEXEC_FLAG):
-        raise RuntimeError("no DISPLAY, and neither pyvirtualdisplay nor xvfb-run is available")
-    env = {**os.environ, _REEXEC_FLAG: "1", "QT_QPA_PLATFORM": "xcb"}
-    os.execvpe(xvfb_run, [xvfb_run, "-a", sys.executable, *sys.argv], env)
-    return None  # pragma: no cover - exec does not return
 
 
 def _settle(app: Any, seconds: float = 0.05) -> None:
@@ -424,7 +404,7 @@ def run(
     quick: bool = False, *, repeats: int | None = None, only: list[str] | None = None
 ) -> dict[str, Any]:
     """Run the actions; return ``{action: {runs, seconds, before, after, growth, leak}}``."""
-    display = _ensure_display()
+    display = ensure_display((1400, 900))
     import warnings
 
     from napari.qt import get_qapp

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _support import ensure_display
 
 HERE = Path(__file__).resolve().parent
 SCREEN = (1600, 1000)
@@ -79,33 +80,11 @@ TARGETS_MS = {"select_one": TARGET_MS, "click_select": TARGET_MS, "frame_step": 
               "show_set": TARGET_SHOW_S * 1e3}
 ACTIONS = ("show_set", "select_one", "click_select", "select_all", "tag_filter",
            "accept_reject", "frame_step", "canvas_redraw")
-_REEXEC_FLAG = "NAPARI_SIMA_BENCH_UNDER_XVFB"
 
 
 # ---------------------------------------------------------------------------------------
 # Display
 # ---------------------------------------------------------------------------------------
-def _ensure_display() -> Any:
-    """Start Xvfb when there is no display (as ``scripts/make_screenshots.py``)."""
-    if os.environ.get("DISPLAY"):
-        os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
-        return None
-    try:
-        from pyvirtualdisplay import Display
-    except ImportError:
-        Display = None  # noqa: N806
-    if Display is not None:
-        display = Display(visible=False, size=SCREEN, color_depth=24)
-        display.start()
-        os.environ["QT_QPA_PLATFORM"] = "xcb"
-        return display
-    xvfb_run = shutil.which("xvfb-run")
-    if xvfb_run is None or os.environ.get(_REEXEC_FLAG):
-        raise RuntimeError("no DISPLAY, and neither pyvirtualdisplay nor xvfb-run is available")
-    env = {**os.environ, _REEXEC_FLAG: "1", "QT_QPA_PLATFORM": "xcb"}
-    screen = f"-screen 0 {SCREEN[0]}x{SCREEN[1]}x24"
-    os.execvpe(xvfb_run, [xvfb_run, "-a", "-s", screen, sys.executable, *sys.argv], env)
-    return None  # pragma: no cover - exec does not return
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,7 +236,7 @@ def run(quick: bool = False, *, rois: int | None = None, size: int | None = None
             cfg[key] = value
     if profile is not None and profile not in (*ACTIONS, "all"):
         raise ValueError(f"profile must be one of {ACTIONS} or 'all', got {profile!r}")
-    display = _ensure_display()
+    display = ensure_display(SCREEN)
     tmp = Path(tempfile.mkdtemp(prefix="napari-sima-bench-roi-manager-"))
     try:
         return _run(tmp, cfg, profile)

@@ -63,6 +63,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _support import run_phase
+
 HERE = Path(__file__).resolve().parent
 SIZE = 512
 FULL = {"frames": 50_000, "cells": 400, "template": 2_000, "processes": 1}
@@ -252,20 +254,6 @@ def _phase_work(workdir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------
-def _run_phase(workdir: Path, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    result = workdir / f"phase_{name}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", name,
-           "--workdir", str(workdir), "--config", json.dumps(cfg)]
-    print(f"== {name}", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    # the phase's progress and errors go to stderr as they happen
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0 or not result.is_file():
-        raise RuntimeError(f"benchmark phase {name!r} failed (exit code {proc.returncode}); "
-                           f"its output:\n{proc.stdout[-4000:]}")
-    out = json.loads(result.read_text())
-    out["process_s"] = round(time.perf_counter() - t0, 2)
-    return out
 
 
 def _table(res: dict[str, Any]) -> str:
@@ -355,9 +343,9 @@ def run(quick: bool = False, *, frames: int | None = None, cells: int | None = N
         res["ram_GB"] = None
     workdir = Path(tempfile.mkdtemp(prefix="napari-sima-soak-", dir=parent))
     try:
-        res["generate"] = _run_phase(workdir, "generate", cfg)
+        res["generate"] = run_phase(__file__, workdir, "generate", cfg)
         res["page_cache_before"] = _page_cache_fraction(workdir / "movie.tif")
-        res["work"] = _run_phase(workdir, "work", cfg)
+        res["work"] = run_phase(__file__, workdir, "work", cfg)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     res["removed"] = not workdir.exists()

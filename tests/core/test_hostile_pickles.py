@@ -30,9 +30,7 @@ import pickle
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from _fake_sima import fake_sima_modules
 
 from napari_sima.core import ImagingDataset, ROIList
 from napari_sima.core.legacy import (
@@ -149,31 +148,10 @@ class _Plain:
         self.cmd = "touch"
 
 
-def _fake_sima_class(name: str) -> type:
-    """A class that pickles as ``sima.sequence.<name>`` (as SIMA's own files do)."""
-    cls = type(name, (), {})
-    cls.__module__ = "sima.sequence"
-    cls.__qualname__ = name
-    return cls
-
-
 def _dump_with_fake_sima(obj_factory: Callable[[dict[str, type]], Any], proto: int = 2) -> bytes:
-    names = ("_Sequence_HDF5", "_Sequence_TIFF_Interleaved")
-    classes = {n: _fake_sima_class(n) for n in names}
-    saved = {k: sys.modules.get(k) for k in ("sima", "sima.sequence")}
-    sima = types.ModuleType("sima")
-    seq = types.ModuleType("sima.sequence")
-    for n, c in classes.items():
-        setattr(seq, n, c)
-    sys.modules["sima"], sys.modules["sima.sequence"] = sima, seq
-    try:
+    names = ["_Sequence_HDF5", "_Sequence_TIFF_Interleaved"]
+    with fake_sima_modules({"sima.sequence": names}) as classes:
         return pickle.dumps(obj_factory(classes), protocol=proto)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
 
 
 # ---------------------------------------------------------------------------------------
@@ -622,23 +600,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _dump_v0(movie: Path) -> bytes:
-    cls = type("HDF5", (), {})
-    cls.__module__, cls.__qualname__ = "sima.iterables", "HDF5"
-    saved = {k: sys.modules.get(k) for k in ("sima", "sima.iterables")}
-    sys.modules["sima"] = types.ModuleType("sima")
-    mod = types.ModuleType("sima.iterables")
-    mod.HDF5 = cls  # type: ignore[attr-defined]
-    sys.modules["sima.iterables"] = mod
-    try:
+    with fake_sima_modules({"sima.iterables": ["HDF5"]}) as fake:
         return pickle.dumps({"channel_names": ["green"], "iterables": [[{
-            "__class__": cls, "path": str(movie), "dim_order": "tyx", "key": "imaging",
+            "__class__": fake["HDF5"], "path": str(movie), "dim_order": "tyx", "key": "imaging",
             "group": "/"}]]}, 2)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
 
 
 @pytest.fixture(scope="module")

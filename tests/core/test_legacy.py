@@ -20,8 +20,7 @@ import pytest
 import scipy.sparse as sp
 import tifffile
 
-from napari_sima.core import ImagingDataset
-from napari_sima.core import legacy
+from napari_sima.core import ImagingDataset, legacy
 from napari_sima.core.legacy import (
     LegacyClass,
     LegacyLilMatrix,

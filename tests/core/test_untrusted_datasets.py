@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import signal
-import sys
 import types
 import warnings
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from _fake_sima import fake_sima_modules
 
 from napari_sima.core import ROI, ImagingDataset, Sequence, signal_store
 from napari_sima.core.errors import READ_ERRORS, FileFormatError, ResourceLimitError
@@ -182,22 +182,9 @@ def test_devices_fifos_and_folders_are_refused_at_once(world, special, kind) -> 
 
 
 def _legacy_hdf5_sequences(path: str) -> bytes:
-    cls = type("_Sequence_HDF5", (), {})
-    cls.__module__, cls.__qualname__ = "sima.sequence", "_Sequence_HDF5"
-    saved = {k: sys.modules.get(k) for k in ("sima", "sima.sequence")}
-    sys.modules["sima"] = types.ModuleType("sima")
-    mod = types.ModuleType("sima.sequence")
-    mod._Sequence_HDF5 = cls  # type: ignore[attr-defined]
-    sys.modules["sima.sequence"] = mod
-    try:
-        return pickle.dumps([{"__class__": cls, "_abspath": path, "_relpath": path,
-                              "dim_order": "tzyxc", "key": "imaging"}], 2)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+    with fake_sima_modules({"sima.sequence": ["_Sequence_HDF5"]}) as fake:
+        return pickle.dumps([{"__class__": fake["_Sequence_HDF5"], "_abspath": path,
+                              "_relpath": path, "dim_order": "tzyxc", "key": "imaging"}], 2)
 
 
 def test_symlink_to_a_real_movie_is_read(world) -> None:
@@ -507,22 +494,9 @@ def test_legacy_movie_paths_are_only_read(world) -> None:
 def test_legacy_tiff_lists_resolve_against_the_dataset_not_the_cwd(world) -> None:
     import tifffile
 
-    cls = type("_Sequence_TIFFs", (), {})
-    cls.__module__, cls.__qualname__ = "sima.sequence", "_Sequence_TIFFs"
-    saved = {k: sys.modules.get(k) for k in ("sima", "sima.sequence")}
-    sys.modules["sima"] = types.ModuleType("sima")
-    mod = types.ModuleType("sima.sequence")
-    mod._Sequence_TIFFs = cls  # type: ignore[attr-defined]
-    sys.modules["sima.sequence"] = mod
-    try:
+    with fake_sima_modules({"sima.sequence": ["_Sequence_TIFFs"]}) as fake:
         paths = np.array([[["f0.tif"]], [["f1.tif"]]], dtype=object)
-        data = pickle.dumps([{"__class__": cls, "paths": paths}], 2)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+        data = pickle.dumps([{"__class__": fake["_Sequence_TIFFs"], "paths": paths}], 2)
     for t in range(2):
         tifffile.imwrite(world.movies / f"f{t}.tif", MOVIE[t, 0, :, :, 0])
     folder = world.root / "tiffs.sima"
