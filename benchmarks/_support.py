@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,20 @@ def run_phase(script: str | Path, workdir: Path, name: str, cfg: dict[str, Any])
     out = json.loads(result.read_text())
     out["process_s"] = round(time.perf_counter() - t0, 2)
     return out
+
+
+def phase_main(
+    phase: str, workdir: str, config: str, phases: dict[str, Callable[[Path, dict[str, Any]], Any]]
+) -> int:
+    """Run one phase (the ``--phase`` side of :func:`run_phase`) and write its result.
+
+    Raises
+    ------
+    SystemExit
+        For an unknown phase name.
+    """
+    if phase not in phases:
+        raise SystemExit(f"unknown phase {phase!r}; expected one of {sorted(phases)}")
+    out = phases[phase](Path(workdir), json.loads(config))
+    (Path(workdir) / f"phase_{phase}.json").write_text(json.dumps(out, indent=2, default=str))
+    return 0

@@ -62,7 +62,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _support import run_phase
+from _support import phase_main, run_phase
 
 HERE = Path(__file__).resolve().parent
 STEPS = ("create", "import-rois", "extract", "infer-spikes")
@@ -525,16 +525,9 @@ def run(
 
 
 def _phase_main(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir)
-    cfg = json.loads(args.config)
-    if args.phase == "generate":
-        out = _phase_generate(workdir, cfg)
-    elif args.phase in MODES:
-        out = _phase_run(workdir, args.phase, cfg)
-    else:
-        raise SystemExit(f"unknown phase {args.phase!r}; expected generate or {MODES}")
-    (workdir / f"phase_{args.phase}.json").write_text(json.dumps(out, indent=2, default=str))
-    return 0
+    phases = {"generate": _phase_generate,
+              **{mode: (lambda w, c, m=mode: _phase_run(w, m, c)) for mode in MODES}}
+    return phase_main(args.phase, args.workdir, args.config, phases)
 
 
 def main(argv: list[str]) -> int:

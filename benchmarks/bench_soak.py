@@ -63,7 +63,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _support import run_phase
+from _support import phase_main, run_phase
 
 HERE = Path(__file__).resolve().parent
 SIZE = 512
@@ -357,16 +357,8 @@ def run(quick: bool = False, *, frames: int | None = None, cells: int | None = N
 
 
 def _phase_main(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir)
-    cfg = json.loads(args.config)
-    if args.phase == "generate":
-        out = _phase_generate(workdir, cfg)
-    elif args.phase == "work":
-        out = _phase_work(workdir, cfg)
-    else:
-        raise SystemExit(f"unknown phase {args.phase!r}; expected 'generate' or 'work'")
-    (workdir / f"phase_{args.phase}.json").write_text(json.dumps(out, indent=2, default=str))
-    return 0
+    phases = {"generate": _phase_generate, "work": _phase_work}
+    return phase_main(args.phase, args.workdir, args.config, phases)
 
 
 def main(argv: list[str]) -> int:
