@@ -13,6 +13,7 @@ work on (:attr:`DatasetDock.capability`) and implements ``run``, ``cancel``,
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from napari.utils.notifications import show_warning
@@ -170,6 +171,37 @@ class DatasetDock(QWidget):
                          exc_info=True)
 
     # -- helpers --------------------------------------------------------------------------
+    def _start_worker(
+        self,
+        job: Any,
+        make_worker: Callable[..., Any],
+        datasets: list[Any],
+        *,
+        yields: bool = True,
+        quit_on_cancel: bool = True,
+    ) -> Any:
+        """Start the worker of ``job`` and guard it; return the worker.
+
+        ``make_worker(job, _connect=slots)`` is the dock's ``thread_worker``; its
+        ``finished`` signal goes to ``_on_worker_finished(job)`` and (``yields``) its
+        ``yielded`` one to ``_on_worker_yielded``.  The job (with a
+        ``cancel_requested`` event) is stopped through that event, and also by quitting
+        the worker when ``quit_on_cancel``, if the ``datasets`` leave the viewer.
+        """
+        slots: dict[str, Callable[..., Any]] = {
+            "finished": lambda: self._on_worker_finished(job)
+        }
+        if yields:
+            slots["yielded"] = self._on_worker_yielded
+        self._job = job
+        self._worker = make_worker(job, _connect=slots)
+        stops = [job.cancel_requested.set]
+        if quit_on_cancel:
+            stops.append(self._worker.quit)
+        self._job_guard.watch(datasets, *stops, worker=self._worker, slots=slots)
+        self._update_controls()
+        return self._worker
+
     def _make_dataset_combo(
         self, parent: QWidget, tooltip: str = "Datasets of the layers in the viewer"
     ) -> QComboBox:

@@ -632,20 +632,10 @@ class ExtractWidget(DatasetDock):
             n_rois=n_rois,
             replaced=replaced,
         )
-        self._job = job
         self.progress_bar.setRange(0, 0)  # busy until the first progress report
         self.progress_bar.setValue(0)
         self._set_status(f"Extracting {n_rois} ROIs…")
-        slots = {
-            "yielded": self._on_worker_yielded,
-            "finished": lambda: self._on_worker_finished(job),
-        }
-        self._worker = _extraction_steps(job, _connect=slots)
-        self._job_guard.watch(
-            [ds], job.cancel_requested.set, self._worker.quit, worker=self._worker, slots=slots
-        )
-        self._update_controls()
-        return self._worker
+        return self._start_worker(job, _extraction_steps, [ds])
 
     def cancel(self) -> None:
         """Stop a running extraction; nothing is stored."""

@@ -562,21 +562,11 @@ class PipelineWidget(DatasetDock):
             assert ds is not None and ds.savedir
             job = PipelineJob(pipeline=pipeline, target=str(ds.savedir), dataset=ds)
         job.steps = iter_run_pipeline(pipeline, job.target)
-        self._job = job
         for row in range(self.steps_table.rowCount()):
             self._set_row(row, "")
         self.progress_bar.setValue(0)
         self._set_status(f"Running {pipeline.name!r} on {os.path.basename(job.target)}…")
-        slots = {
-            "yielded": self._on_worker_yielded,
-            "finished": lambda: self._on_worker_finished(job),
-        }
-        self._worker = _pipeline_steps(job, _connect=slots)
-        self._job_guard.watch(
-            [job.dataset], job.cancel_requested.set, worker=self._worker, slots=slots
-        )
-        self._update_controls()
-        return self._worker
+        return self._start_worker(job, _pipeline_steps, [job.dataset], quit_on_cancel=False)
 
     def cancel(self) -> None:
         """Stop a running pipeline: the step running writes nothing, earlier ones stay."""

@@ -976,20 +976,10 @@ class SegmentWidget(DatasetDock):
             show_error(_message(err))
             return None
         job = SegmentationJob(ds, strategy, label, planes, steps, replaced=replaced)
-        self._job = job
         self.progress_bar.setRange(0, 0)  # busy until the first progress report
         self.progress_bar.setValue(0)
         self._set_status(f"Segmenting with {type(strategy).__name__}…")
-        slots = {
-            "yielded": self._on_worker_yielded,
-            "finished": lambda: self._on_worker_finished(job),
-        }
-        self._worker = _segmentation_steps(job, _connect=slots)
-        self._job_guard.watch(
-            [ds], job.cancel_requested.set, self._worker.quit, worker=self._worker, slots=slots
-        )
-        self._update_controls()
-        return self._worker
+        return self._start_worker(job, _segmentation_steps, [ds])
 
     def cancel(self) -> None:
         """Stop a running segmentation; nothing is stored."""

@@ -551,15 +551,14 @@ class SpikesWidget(DatasetDock):
             options=self.options(),
             replaced=set_has_spikes(ds, channel, label),
         )
-        self._job = job
         self.progress_bar.setRange(0, 0)  # busy until the first trace is done
         self.progress_bar.setValue(0)
         self._set_status(f"Estimating the parameters of {label!r}…")
-        slots = {"finished": lambda: self._on_worker_finished(job)}
-        self._worker = _inference_job(job, self._relay, _connect=slots)
-        self._job_guard.watch([ds], job.cancel_requested.set, worker=self._worker, slots=slots)
-        self._update_controls()
-        return self._worker
+        return self._start_worker(
+            job,
+            lambda job, _connect: _inference_job(job, self._relay, _connect=_connect),
+            [ds], yields=False, quit_on_cancel=False,
+        )
 
     def cancel(self) -> None:
         """Stop a running inference at the next trace; the stored set is left unchanged."""
