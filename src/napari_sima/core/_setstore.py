@@ -14,6 +14,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,21 @@ class SetStore:
                 if attempt == 4 or self.info(found)[1].get("file") == entry.get("file"):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def load_all(self, load: Callable[[str], Any]) -> dict[str, Any]:
+        """Return ``{label: load(label)}`` for every stored set.
+
+        Readers take no lock: a set that another process deletes after the index was
+        read is left out instead of failing the whole read.
+        """
+        out: dict[str, Any] = {}
+        for label in self.read_index()["sets"]:
+            try:
+                out[label] = load(label)
+            except KeyError:
+                if label in self.read_index()["sets"]:
+                    raise  # not a deletion: a real error
+        return out
 
     def lock(self, action: str, timeout: float | None = None) -> Any:
         """Hold the dataset's write lock for ``action`` (a context manager).

@@ -379,12 +379,7 @@ class ROI:
     ) -> None:
         if (mask is None) == (polygons is None):
             raise TypeError("an ROI needs exactly one of 'mask' or 'polygons'")
-        self.label = label
-        self.id = id
-        self.tags = tags  # type: ignore[assignment]
-        self._im_shape = _normalize_im_shape(im_shape)
-        self._mask: list[sparse.csr_matrix] | None = None
-        self._polys: list[np.ndarray] | None = None
+        self._set_fields(label, tags, id, im_shape)
         if polygons is not None:
             self.polygons = polygons
         else:
@@ -399,21 +394,27 @@ class ROI:
         id: str | None = None,  # noqa: A002 - SIMA's name
         im_shape: tuple[int, ...] | None = None,
     ) -> ROI:
-        """An ROI from polygons read from one of our own set files.
+        """Make an ROI from polygons read from one of our own set files.
 
         The vertices get every check the constructor makes, but are not simplified
         again (they were when the ROI was first made): loading 5,000 ROIs is then
         about 4 times faster.
         """
         roi = cls.__new__(cls)
-        roi.label = label
-        roi.id = id
-        roi.tags = tags  # type: ignore[assignment]
-        roi._im_shape = _normalize_im_shape(im_shape)
-        roi._mask = None
-        roi._polys = None
+        roi._set_fields(label, tags, id, im_shape)
         roi._set_polygons(polygons, simplify=False)
         return roi
+
+    def _set_fields(
+        self, label: Any, tags: Iterable[str] | None, id: Any, im_shape: Any  # noqa: A002
+    ) -> None:
+        """Set everything but the shape (mask or polygons: none yet)."""
+        self.label = label
+        self.id = id
+        self.tags = tags  # type: ignore[assignment]
+        self._im_shape = _normalize_im_shape(im_shape)
+        self._mask: list[sparse.csr_matrix] | None = None
+        self._polys: list[np.ndarray] | None = None
 
     # -- simple properties ---------------------------------------------------------------
     @property

@@ -294,15 +294,7 @@ def load_roi_sets(path: str | os.PathLike) -> dict[str, ROIList]:
     store = _store(path)
     if not store.exists():
         return {}
-    out: dict[str, ROIList] = {}
-    for label in store.read_index()["sets"]:
-        try:
-            out[label] = load_roi_set(store.folder, label)
-        except KeyError:
-            if label in store.read_index()["sets"]:
-                raise
-            # deleted by another process while we read: not part of the result
-    return out
+    return store.load_all(lambda label: load_roi_set(store.folder, label))
 
 
 def save_roi_set(

@@ -1027,13 +1027,16 @@ class _MotionCorrectedSequence(_DerivedSequence):
 
         from .storage import atomic_save_npy
 
-        # named by content: saving the dataset again reuses the file
-        disp = np.ascontiguousarray(self._disp, dtype=np.int32)
-        digest = hashlib.sha256(repr(disp.shape).encode() + disp.tobytes()).hexdigest()[:32]
-        name = f"displacements_{digest}.npy"
+        # named by content (hashed once: the displacements never change), so saving the
+        # dataset again reuses the file
+        name = getattr(self, "_disp_file", None)
+        if name is None:
+            digest = hashlib.sha256(repr(self._disp.shape).encode())
+            digest.update(memoryview(np.ascontiguousarray(self._disp, dtype=np.int32)).cast("B"))
+            name = self._disp_file = f"displacements_{digest.hexdigest()[:32]}.npy"
         path = os.path.join(os.fspath(savedir), name)
         if not os.path.isfile(path):
-            atomic_save_npy(path, disp)
+            atomic_save_npy(path, self._disp.astype(np.int32))
         return {
             "kind": self.kind,
             "base": self._base.to_dict(savedir),

@@ -363,15 +363,7 @@ def load_signal_sets(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
     store = _store(folder)
     if not store.exists():
         return {}
-    out: dict[str, dict[str, Any]] = {}
-    for label in store.read_index()["sets"]:
-        try:
-            out[label] = load_signal_set(folder, label)
-        except KeyError:
-            if label in store.read_index()["sets"]:
-                raise
-            # deleted by another process while we read: not part of the result
-    return out
+    return store.load_all(lambda label: load_signal_set(folder, label))
 
 
 def save_signal_set(
