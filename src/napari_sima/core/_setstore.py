@@ -22,16 +22,10 @@ import numpy as np
 
 from . import storage
 from .errors import FileFormatError
+from .errors import brief as _brief
 from .locking import locked_write
 
 INDEX_FILE = "index.json"
-
-
-def _brief(value: Any) -> str:
-    """Return a bounded repr of a value read from an index (for messages)."""
-    from .sequence import _brief as brief
-
-    return brief(value)
 
 
 _SET_FILE_RE = re.compile(r"^set_[0-9a-f]{32}\.npz$")

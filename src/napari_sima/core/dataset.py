@@ -150,7 +150,7 @@ def _check_description(meta: Any, source: str) -> None:
         Naming the file, the field, the value and what was expected.
     """
     from .errors import FileFormatError
-    from .sequence import _brief
+    from .errors import brief as _brief
 
     def bad(what: str, value: Any, expected: str) -> FileFormatError:
         return FileFormatError(f"{source!r}: {what} is {_brief(value)}, expected {expected}")

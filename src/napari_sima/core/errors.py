@@ -23,11 +23,15 @@ for every format.  Messages name the file, the value and what was expected.
 
 from __future__ import annotations
 
+
+from typing import Any
+
 __all__ = [
     "READ_ERRORS",
     "DatasetInUseError",
     "FileFormatError",
     "ResourceLimitError",
+    "brief",
 ]
 
 
@@ -45,3 +49,20 @@ class DatasetInUseError(OSError):
 
 #: What reading an untrusted file may raise (besides returning a result).
 READ_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+
+def brief(value: Any, limit: int = 200) -> str:
+    """Return a bounded repr of a value read from a file, for error messages.
+
+    Nested containers, long strings and huge numbers are cut (``reprlib``); the text
+    is at most ``limit`` characters and is made in bounded time for any value.
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, 80, 80
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -56,6 +56,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import brief as _short
+
 __all__ = [
     "PIPELINE_VERSION",
     "STEP_NAMES",
@@ -223,18 +225,6 @@ class Pipeline:
             "name": self.name,
             "steps": [{s.name: copy.deepcopy(s.params)} for s in self.steps],
         }
-
-
-def _short(value: Any) -> str:
-    """Return a bounded repr of a value read from a pipeline file (for messages)."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxlevel, r.maxstring, r.maxother = 3, 80, 80
-    try:
-        return r.repr(value)
-    except Exception:  # noqa: BLE001 - e.g. an int too long to print
-        return f"<{type(value).__name__}>"
 
 
 def _where(source: str | None, step: int | None = None, name: str | None = None) -> str:

@@ -132,7 +132,7 @@ def _decode(arrays: dict[str, np.ndarray], source: str) -> ROIList:
         If arrays are missing, of the wrong kind or inconsistent (names ``source``).
     """
     from .errors import FileFormatError, ResourceLimitError
-    from .sequence import _brief
+    from .errors import brief as _brief
 
     def broken(why: str) -> FileFormatError:
         return FileFormatError(f"the ROI set file {source!r} is incomplete or broken: {why}")

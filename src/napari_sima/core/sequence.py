@@ -32,6 +32,7 @@ import numpy as np
 from . import _indexing as ix
 from ._dimorder import check_dim_order, read_mapped, shape_5d
 from ._indexing import Region, TimeIndex
+from .errors import brief as _brief
 
 if TYPE_CHECKING:
     from .lazy import LazyChannelArray
@@ -481,19 +482,6 @@ def check_frame_size(seq: Sequence, source: str) -> None:
             f"{source}: frames of shape {tuple(seq.frame_shape)} (z, y, x, c) hold {n} values, "
             f"more than the {MAX_FRAME_ELEMENTS} allowed; refusing to open it"
         )
-
-
-def _brief(value: Any, limit: int = 200) -> str:
-    """Return a bounded repr of a value read from a file (for messages)."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxlevel, r.maxstring, r.maxother = 3, 80, 80
-    try:
-        text = r.repr(value)
-    except Exception:  # noqa: BLE001 - e.g. an int too long to print
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def resolve_stored_path(data: dict[str, Any], savedir: Path | None, what: str = "movie") -> str:

@@ -227,7 +227,7 @@ def decode_signals(arrays: dict[str, np.ndarray], source: str = "signal set") ->
         ``source``).
     """
     from .errors import FileFormatError
-    from .sequence import _brief
+    from .errors import brief as _brief
 
     def broken(why: str) -> FileFormatError:
         return FileFormatError(f"the signal set {source!r} is incomplete or broken: {why}")
