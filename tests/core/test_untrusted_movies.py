@@ -9,6 +9,7 @@ damaged file ends in a result or one of the documented errors
 from __future__ import annotations
 
 import io
+import os
 import struct
 import tracemalloc
 import warnings
@@ -343,6 +344,8 @@ _SIZES = 'SizeX="8" SizeY="8" SizeZ="1" SizeC="1" SizeT="3"'
         ("XYZCT", _SIZES, 'IFD="0" NumPlanes="10000000000"'),
         # an order repeating Z: its size counts for three axes, 10^12 planes (fuzzer)
         ("ZZZZZ", 'SizeX="8" SizeY="8" SizeZ="10000" SizeC="1" SizeT="3"', 'FirstZ="5"'),
+        # numbers as Python's int() reads them (tifffile does): sign, underscores
+        ("XYZCT", 'SizeX="8" SizeY="8" SizeZ="1" SizeC="1" SizeT=" +1_000_000_000 "', ""),
     ],
 )
 def test_ome_metadata_declaring_1e12_pages(tmp_path, order, sizes, tiffdata):
@@ -526,3 +529,24 @@ def test_circular_ifd_chain_ends(tmp_path):
     seq = Sequence.create("TIFF", path)
     assert len(seq) == 4
     np.testing.assert_array_equal(seq.read()[:, 0, :, :, 0].ravel(), np.arange(256))
+
+
+def test_roi_file_that_is_a_fifo_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "cells.roi"
+    os.mkfifo(fifo)
+    with pytest.raises(FileFormatError, match="not a regular file"):
+        read_imagej_rois(fifo)  # used to block forever waiting for a writer
+
+
+def test_imagej_tiff_with_huge_frames_is_refused_at_open(tmp_path):
+    # 65 planes of 4096 x 4096 in a few MB of zlib: one frame holds more than 2^30
+    # values (2 GiB), refused before one is read
+    path = tmp_path / "huge.tif"
+    zeros = np.zeros((4096, 4096), np.uint8)
+    tifffile.imwrite(path, (zeros for _ in range(65)), shape=(65, 4096, 4096),
+                     dtype=np.uint8, imagej=True, metadata={"axes": "ZYX"},
+                     compression="zlib", compressionargs={"level": 1})  # fmt: skip
+    assert path.stat().st_size < 2**23
+    err, peak = peak_memory(Sequence.create, "TIFF", path)
+    assert isinstance(err, ResourceLimitError) and "huge.tif" in str(err), err
+    assert peak < SMALL

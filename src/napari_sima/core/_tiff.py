@@ -112,6 +112,14 @@ def _open_tiff_loud(path: str):
         ) from None
 
 
+def _as_int(text: str) -> int | None:
+    """Read an OME attribute as tifffile does (``int()``: signs, ``_``); None if no integer."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def _check_ome_sizes(tif: Any, path: str) -> None:
     """Refuse OME metadata declaring more than :data:`MAX_PAGES` pages.
 
@@ -126,16 +134,17 @@ def _check_ome_sizes(tif: Any, path: str) -> None:
     page_pixels = max(math.prod(int(n) for n in first.shape), 1)
     total = 0
     for pixels in re.finditer(r"<(?:\w+:)?Pixels\b[^>]*>", first.description or ""):
-        attrs = re.findall(r'\bSize([XYZCT])\s*=\s*["\']\s*(\d{1,30})\s*["\']', pixels.group(0))
-        declared = math.prod(max(int(v), 1) for _, v in attrs)
+        attrs = [(axis, n) for axis, text in re.findall(
+            r'\bSize([XYZCT])\s*=\s*["\']([^"\']{1,40})["\']', pixels.group(0)
+        ) if (n := _as_int(text)) is not None]
+        declared = math.prod(max(v, 1) for _, v in attrs)
         pages = max(declared // page_pixels, 1)
         # tifffile indexes planes by the sizes of DimensionOrder's axes after X and Y
         # (an order like "ZZZZZ" repeats one size)
         order = re.search(r'\bDimensionOrder\s*=\s*["\']\s*(\w{1,30})', pixels.group(0))
         if order:
             sizes = dict(attrs)
-            pages = max(pages, math.prod(max(int(sizes.get(ax, 1)), 1)
-                                         for ax in order.group(1)[2:]))
+            pages = max(pages, math.prod(max(sizes.get(ax, 1), 1) for ax in order.group(1)[2:]))
         total += pages
     if total > MAX_PAGES:
         raise ResourceLimitError(
@@ -144,10 +153,11 @@ def _check_ome_sizes(tif: Any, path: str) -> None:
         )
     # a TiffData element's plane count is also a list length for tifffile
     for data in re.finditer(r"<(?:\w+:)?TiffData\b[^>]*>", first.description or ""):
-        for name, value in re.findall(
-            r'\b(NumPlanes|PlaneCount)\s*=\s*["\']\s*(\d{1,30})\s*["\']', data.group(0)
+        for name, text in re.findall(
+            r'\b(NumPlanes|PlaneCount)\s*=\s*["\']([^"\']{1,40})["\']', data.group(0)
         ):
-            if int(value) > MAX_PAGES:
+            value = _as_int(text)
+            if value is not None and value > MAX_PAGES:
                 raise ResourceLimitError(
                     f"{path!r}: its OME metadata declares {name}={value}, more than the "
                     f"{MAX_PAGES} pages accepted; refusing to read it"

@@ -394,7 +394,10 @@ def _read_sources(path: Path) -> list[_Source]:
         raise FileFormatError(
             f"{path} is a folder; expected a .roi file, a RoiSet .zip or a TIFF"
         )
-    with open(path, "rb") as fh:
+    from .storage import open_regular
+
+    fh, _ = open_regular(path, "ImageJ ROI file")  # a FIFO or device would never end
+    with fh:
         head = fh.read(4)
     if head == _ROI_MAGIC:
         size = path.stat().st_size

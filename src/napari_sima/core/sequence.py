@@ -253,7 +253,11 @@ class Sequence:
                 f"Unrecognized sequence format {fmt!r}; expected one of "
                 f"'TIFF', 'TIFFs', 'HDF5', 'ndarray'"
             )
-        return _KINDS[table[key]](*args, **kwargs)
+        seq = _KINDS[table[key]](*args, **kwargs)
+        if table[key] != "ndarray":  # a file's claims, checked before any frame is read
+            source = args[0] if args else kwargs.get("path", kwargs.get("paths", fmt))
+            check_frame_size(seq, f"the {table[key]} movie {str(source)!r}")
+        return seq
 
     @staticmethod
     def join(*sequences: Sequence) -> Sequence:
