@@ -1019,8 +1019,7 @@ class ROIManagerWidget(QWidget):
         hidden_selected = {i for i in sel if i < len(shown) and not shown[i]}
         if hidden_selected:
             self.layer.selected_data = sel - hidden_selected
-        self._recolor(shown)
-        self._update_summary(shown)
+        self._recolor(shown)  # updates the summary too
         return int(shown.sum())
 
     def set_color_by(self, mode: str) -> None:

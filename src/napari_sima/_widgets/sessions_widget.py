@@ -1871,6 +1871,8 @@ class SessionsWidget(QWidget):
                     slots = {
                         "returned": lambda m, ds=ds: self._on_mean_returned(ds, m),
                         "errored": lambda e, ds=ds: self._on_mean_errored(ds, e),
+                        # a quit worker (dock closed, layers removed) ends without either
+                        "finished": lambda ds=ds: self._release_mean_worker(ds),
                     }
                     worker = _projection_steps(ds, _connect=slots)
                     worker._napari_sima_slots = slots  # released when it ends
